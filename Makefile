@@ -1,0 +1,37 @@
+SHELL := /bin/bash
+# Two commands matter (see README): `make demo` (main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# Nothing is ever fetched from a model or dataset hub.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-all bench demo clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PIP) install -q -r requirements-dev.txt 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
+	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) scripts/bench_adapters.py --out results/bench
+
+demo: bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache
