@@ -1,0 +1,261 @@
+"""LoRA and MixLoRA linear layers (pure torch, plain arguments).
+
+Shapes: ``x`` is [B, T, d_in] (batch, sequence, features); E = number of factors in each pool; r = rank.
+
+LoRA (Hu et al. 2021), as a sum of rank-one factors (paper Eq. 1)::
+
+    y = W x + (alpha / r) · B A dropout(x),   A = lora_a [r, d_in],  B = lora_bᵀ,  lora_b [r, d_out]
+      = W x + (alpha / r) · Σ_i (a_i · x) b_i
+
+MixLoRA (Shen et al. 2024) keeps pools {a_e} = ``lora_a`` [E, d_in] and {b_e} = ``lora_b`` [E, d_out] and picks r
+factors from each pool *per instance*::
+
+    h̄    = mean of the layer input over the routing tokens                          [B, d_in]
+    p_A  = softmax(W_A h̄);  g_A = top_r(p_A)  (descending score order)            [B, E] -> [B, r]
+    p_B  = softmax(W_B h̄) + CFS(A_x)          ;  g_B = top_r(p_B)                   [B, E] -> [B, r]
+    y    = W x + (alpha / r) · Σ_i (a_{g_A[i]} · x) b_{g_B[i]}       (slot i of A pairs with slot i of B)
+
+computed factored: gather A_x [B, r, d_in] and B_x [B, r, d_out], then two batched matmuls, so the cost is
+T·r·(d_in + d_out) per instance like LoRA, never a dense per-instance d_in×d_out ΔW (the released code builds one).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .options import CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_TOKENS, check_choice
+
+
+def _check_common(base: nn.Module, rank: int, alpha: float, dropout: float) -> None:
+    if not isinstance(base, nn.Linear):
+        raise TypeError(f"adapters wrap nn.Linear layers, got {type(base).__name__}")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def _frozen(base: nn.Linear) -> nn.Linear:
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base
+
+
+def _pool(rows: int, cols: int, like: nn.Linear) -> nn.Parameter:
+    return nn.Parameter(torch.empty(rows, cols, device=like.weight.device, dtype=like.weight.dtype))
+
+
+class LoRALinear(nn.Module):
+    """``y = base(x) + (alpha/rank) · dropout(x) @ lora_aᵀ @ lora_b`` with a frozen ``base``.
+
+    Args:
+        base: the frozen ``nn.Linear(d_in, d_out)`` to adapt.
+        rank: r.
+        alpha: scaling numerator; the update is multiplied by ``alpha / rank`` (peft's convention).
+        dropout: dropout on the adapter's input only.
+
+    Parameters: ``lora_a`` [r, d_in] (Kaiming-uniform, a=√5, as peft), ``lora_b`` [r, d_out] (zeros, so the
+    layer starts equal to ``base``). peft stores B as ``lora_B.weight`` [d_out, r] = ``lora_b``ᵀ.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        _check_common(base, rank, alpha, dropout)
+        self.base = _frozen(base)
+        self.rank, self.alpha = rank, float(alpha)
+        self.scaling = self.alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_a = _pool(rank, base.in_features, base)
+        self.lora_b = _pool(rank, base.out_features, base)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        z = F.linear(self.dropout(x), self.lora_a.to(x.dtype)) * self.scaling  # [..., r]
+        # addmm fuses the residual add, so no extra [..., d_out] temporary is kept.
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), z.reshape(-1, self.rank), self.lora_b.to(x.dtype))
+        return out.view(y.shape)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}"
+
+
+@dataclass
+class Selection:
+    """The factors chosen for each instance of a batch.
+
+    ``idx_a``/``idx_b``: [B, r] pool indices, slot i of A paired with slot i of B, in descending score order.
+    ``weight``: [B, r] slot multipliers whose *value* is exactly 1 but which carry the straight-through
+    gradient to the routers; ``None`` when routers get no gradient.
+    """
+
+    idx_a: torch.Tensor
+    idx_b: torch.Tensor
+    weight: Optional[torch.Tensor] = None
+
+    def detached(self) -> "Selection":
+        return Selection(self.idx_a.detach(), self.idx_b.detach(), None)
+
+
+class MixLoRALinear(nn.Module):
+    """A frozen linear plus per-instance selection of r of E rank-one factors for A and for B.
+
+    Args:
+        base: the frozen ``nn.Linear(d_in, d_out)``.
+        num_factors: E, the size of each factor pool.
+        rank: r, factors selected per instance (1 <= r < E).
+        alpha: the update is multiplied by ``alpha / rank`` (the released scripts use alpha = 2E).
+        dropout: dropout on the adapter input (after routing, as released).
+        cfs: ``"none" | "paper" | "released"`` (see ``mixlora.options``).
+        router_grad: ``"none" | "straight_through"``.
+        routing_tokens: ``"prompt" | "all"``; ``"prompt"`` needs a mask from ``mixlora.routing``.
+        decode_routing: ``"prefill" | "per_step"``.
+
+    Parameters:
+        ``lora_a`` [E, d_in] (row e = a_e, Kaiming-uniform a=√5), ``lora_b`` [E, d_out] (row e = b_e, zeros),
+        ``router_a``/``router_b``: ``nn.Linear(d_in, E, bias=False)`` (default init, as released),
+        ``router_cfs`` [r, d_in, E] = W_AB, present when ``cfs != "none"`` (init U(±1/√(r·d_in)), the default
+        init of the released E×(r·d_in) linear it is reshaped from).
+
+    After every forward ``last_selection`` holds the (idx_a, idx_b) [B, r] chosen, for routing analyses.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        num_factors: int,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        cfs: str = "paper",
+        router_grad: str = "none",
+        routing_tokens: str = "prompt",
+        decode_routing: str = "prefill",
+    ):
+        super().__init__()
+        _check_common(base, rank, alpha, dropout)
+        if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors <= 0:
+            raise ValueError(f"num_factors must be a positive integer, got {num_factors!r}")
+        if rank > num_factors:
+            raise ValueError(
+                f"rank={rank} is larger than the factor pool num_factors={num_factors}: MixLoRA selects r of E "
+                "factors, so use rank <= num_factors (rank < num_factors for a real mixture)."
+            )
+        self.cfs = check_choice("cfs", cfs, CFS_MODES)
+        self.router_grad = check_choice("router_grad", router_grad, ROUTER_GRAD_MODES)
+        self.routing_tokens = check_choice("routing_tokens", routing_tokens, ROUTING_TOKENS)
+        self.decode_routing = check_choice("decode_routing", decode_routing, DECODE_ROUTING)
+        self.base = _frozen(base)
+        self.num_factors, self.rank, self.alpha = num_factors, rank, float(alpha)
+        self.scaling = self.alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        d_in, d_out = base.in_features, base.out_features
+        self.lora_a = _pool(num_factors, d_in, base)
+        self.lora_b = _pool(num_factors, d_out, base)
+        kw = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.router_a = nn.Linear(d_in, num_factors, bias=False, **kw)
+        self.router_b = nn.Linear(d_in, num_factors, bias=False, **kw)
+        self.router_cfs = (
+            nn.Parameter(torch.empty(rank, d_in, num_factors, **kw)) if self.cfs != "none" else None
+        )
+        self.last_selection: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._routing_state = None  # set by mixlora.routing(...)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_b)
+        self.router_a.reset_parameters()
+        self.router_b.reset_parameters()
+        if self.router_cfs is not None:
+            bound = 1.0 / math.sqrt(self.rank * self.base.in_features)
+            nn.init.uniform_(self.router_cfs, -bound, bound)
+
+    # ---------------------------------------------------------------- routing
+    def route(self, h: torch.Tensor) -> Selection:
+        """Select factors from the pooled router input ``h`` [B, d_in]."""
+        learn = self.router_grad == "straight_through" and torch.is_grad_enabled()
+        with torch.set_grad_enabled(learn):
+            h = h.to(self.router_a.weight.dtype)
+            p_a = torch.softmax(self.router_a(h), dim=-1)  # [B, E]
+            s_a, idx_a = p_a.topk(self.rank, dim=-1)  # sorted: slot 0 = best
+            p_b = torch.softmax(self.router_b(h), dim=-1)
+            if self.cfs != "none":
+                p_b = p_b + self.cfs_scores(idx_a)
+            s_b, idx_b = p_b.topk(self.rank, dim=-1)
+            weight = (s_a / s_a.detach()) * (s_b / s_b.detach()) if learn else None
+        return Selection(idx_a, idx_b, weight)
+
+    def cfs_scores(self, idx_a: torch.Tensor) -> torch.Tensor:
+        """Conditional Factor Selection term for B, [B, E], given A's chosen indices ``idx_a`` [B, r].
+
+        paper:    Σ_i softmax_E( Σ_d A_x[i,d] · W[i,d,:] )
+        released: softmax_E( Σ_i softmax_E( (Σ_d A_x[i,d]) · (Σ_f W[i,f,:]) ) )  -- the einsum 'brd,rfe->bre'
+                  with distinct d and f sums both indices separately: a product of sums, then a second softmax.
+        """
+        w = self.router_cfs
+        a_sel = self.lora_a[idx_a].to(w.dtype)  # [B, r, d_in]
+        if self.cfs == "paper":
+            return torch.softmax(torch.einsum("brd,rde->bre", a_sel, w), dim=-1).sum(dim=1)
+        c = a_sel.sum(dim=-1, keepdim=True) * w.sum(dim=1).unsqueeze(0)  # [B, r, 1] * [1, r, E]
+        return torch.softmax(torch.softmax(c, dim=-1).sum(dim=1), dim=-1)
+
+    def _select(self, x: torch.Tensor) -> Selection:
+        state = self._routing_state
+        if state is None:
+            if self.routing_tokens == "prompt":
+                raise RuntimeError(
+                    "MixLoRA routing_tokens='prompt' needs a routing mask, but this layer was called outside "
+                    "`with mixlora.routing(model, mask):`. Wrap the forward in it (and the backward too when "
+                    "gradient checkpointing re-runs forwards), or use routing_tokens='all'."
+                )
+            return self.route(x.mean(dim=1))
+        if state.is_continuation(x):
+            if self.decode_routing == "prefill":
+                return state.cached(self)
+            return self.route(x.mean(dim=1))  # released: re-route on the step's own tokens
+        if self.routing_tokens == "prompt":
+            h = state.masked_mean(x)
+        else:
+            h = x.mean(dim=1)
+        selection = self.route(h)
+        if self.decode_routing == "prefill":
+            state.store(self, selection.detached())
+        return selection
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(
+                f"MixLoRALinear routes per instance and expects input [batch, seq, {self.base.in_features}], "
+                f"got shape {tuple(x.shape)}"
+            )
+        sel = self._select(x)
+        self.last_selection = (sel.idx_a.detach(), sel.idx_b.detach())
+        a = self.lora_a[sel.idx_a].to(x.dtype)  # [B, r, d_in]
+        b = self.lora_b[sel.idx_b].to(x.dtype)  # [B, r, d_out]
+        z = torch.bmm(self.dropout(x), a.transpose(1, 2))  # [B, T, r]
+        if sel.weight is None:
+            z = z * self.scaling
+        else:
+            z = z * (self.scaling * sel.weight.to(x.dtype)).unsqueeze(1)
+        return torch.baddbmm(self.base(x), z, b)  # base(x) + z @ B_x, fused
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_factors={self.num_factors}, rank={self.rank}, alpha={self.alpha:g}, cfs={self.cfs!r}, "
+            f"router_grad={self.router_grad!r}, routing_tokens={self.routing_tokens!r}, "
+            f"decode_routing={self.decode_routing!r}"
+        )

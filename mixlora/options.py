@@ -1,0 +1,35 @@
+"""The explicit option values of the adapters, validated up front.
+
+Every mode is a string from a fixed tuple, checked where it enters (layer constructors, ``AdapterConfig``),
+so a typo fails at build time with the list of valid values instead of silently picking a branch.
+"""
+
+ADAPTER_KINDS = ("lora", "mixlora")
+
+# How B's factor choice depends on the chosen A factors (paper §2.3, official-code.md §4).
+#   none     - Independent Factor Selection only.
+#   paper    - p_B += Σ_i softmax_E(A_x[i] · W_AB[i])                      (the paper's equation)
+#   released - p_B += softmax_E(Σ_i softmax_E((Σ_d A_x[i,d]) · (Σ_f W_AB[i,f,:])))   (what the code computes)
+CFS_MODES = ("none", "paper", "released")
+
+# Whether routers learn (official-code.md §5: in the released code they never receive a gradient).
+#   none             - selection is an integer top-r; routers stay at initialisation.
+#   straight_through - forward unchanged; selected factors are multiplied by s / s.detach() of their scores.
+ROUTER_GRAD_MODES = ("none", "straight_through")
+
+# Which positions the router averages over.
+#   prompt - masked mean over the tokens the caller marks (system, image, instruction; never padding/answers).
+#   all    - plain mean over every position, padding and answer included (released).
+ROUTING_TOKENS = ("prompt", "all")
+
+# How cached decoding routes.
+#   prefill  - the selection made on the prompt is reused for every generated token.
+#   per_step - each decode forward re-routes on the tokens it is given (one token with a KV cache; released).
+DECODE_ROUTING = ("prefill", "per_step")
+
+
+def check_choice(name: str, value, choices: tuple) -> str:
+    """Return ``value`` if it is one of ``choices``; otherwise raise a ValueError naming both."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not a valid option; choose one of {', '.join(map(repr, choices))}.")
+    return value
