@@ -181,3 +181,27 @@ def test_prefill_selection_is_reused_at_every_decode_step():
     assert prefill.keys() == after.keys() and len(after) == 14
     for k in prefill:
         assert torch.equal(prefill[k][0], after[k][0]) and torch.equal(prefill[k][1], after[k][1])
+
+
+@pytest.mark.parametrize("router_grad", ["none", "straight_through"])
+def test_gradient_checkpointing_gives_the_same_gradients(router_grad):
+    """Checkpoint re-forwards run inside the routing context and route identically (prompt mask, dropout 0)."""
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_llama()
+        inject_adapters(model, AdapterConfig(num_factors=6, rank=2, router_grad=router_grad))
+        randomise_b(model)
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        ids = torch.tensor([[5, 17, 33, 8, 41, 9], [4, 12, 60, 7, 22, 0]])
+        attn = (ids != 0).long()
+        mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+        with routing(model, mask):
+            model(input_ids=ids, attention_mask=attn, labels=ids.masked_fill(ids == 0, -100)).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    if router_grad == "straight_through":
+        assert any("router_a" in n for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
