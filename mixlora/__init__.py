@@ -1,24 +1,35 @@
 """MixLoRA: conditional mixture of rank-one LoRA factors (Shen et al., ACL 2024, arXiv 2402.15896).
 
-Public API: the adapter layers, the routing context, injection and adapter checkpoints.
+Public API: the adapter layers, the routing context, injection and adapter checkpoints. Imported lazily so that
+torch-free tools (``python -m mixlora.eval.score``) start fast.
 """
 
-from .checkpoint import adapter_state_dict, load_adapter, read_adapter_config, save_adapter
-from .inject import AdapterConfig, adapter_modules, inject_adapters
-from .layers import LoRALinear, MixLoRALinear, Selection
-from .routing import last_selections, routing
+import importlib
 
-__all__ = [
-    "AdapterConfig",
-    "LoRALinear",
-    "MixLoRALinear",
-    "Selection",
-    "adapter_modules",
-    "adapter_state_dict",
-    "inject_adapters",
-    "last_selections",
-    "load_adapter",
-    "read_adapter_config",
-    "routing",
-    "save_adapter",
-]
+_EXPORTS = {
+    "AdapterConfig": "inject",
+    "adapter_modules": "inject",
+    "inject_adapters": "inject",
+    "LoRALinear": "layers",
+    "MixLoRALinear": "layers",
+    "Selection": "layers",
+    "last_selections": "routing_state",
+    "routing": "routing_state",
+    "adapter_state_dict": "checkpoint",
+    "load_adapter": "checkpoint",
+    "read_adapter_config": "checkpoint",
+    "save_adapter": "checkpoint",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # cache: later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module 'mixlora' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
