@@ -1,0 +1,533 @@
+"""Datasets: Vision-Flan / LLaVA instruction JSON for training, the released evaluation JSONL for generation,
+and a seeded group-by-length batch sampler.
+
+Training records (a JSON list; Vision-Flan ``annotation_191-task_1k.json``, LLaVA ``llava_v1_5_mix665k.json``)::
+
+    {"id": "vision-flan_coco+...+13368", "image": "coco+.../13368.jpg", "task_name": "coco+image_classification",
+     "conversations": [{"from": "human", "value": "Which appliance is shown?\\nOptions: (a) ...\\n<image>"},
+                       {"from": "gpt", "value": "(e) This image contains a microwave"}]}
+
+``id`` is not unique and is not used; samples are identified by ``task_name`` and ``index`` (the record's
+position in the JSON list). A record without ``image`` is text-only: it gets an all-zero image and still one
+``<image>`` (so N image positions), as the model contract requires.
+
+Up front (one pass over the JSON, cached by ``datasets``): records are validated, rendered with the template
+and tokenised; image files are checked for existence. Lazily (``__getitem__``): images are decoded.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import multiprocessing
+from collections import Counter
+from multiprocessing.context import get_spawning_popen
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
+
+from mixlora.constants import IGNORE_INDEX, IMAGE_TOKEN
+from mixlora.data.images import IMAGE_ERRORS
+from mixlora.data.templates import (
+    GPT,
+    HUMAN,
+    encode_segments,
+    expand_image_tokens,
+    get_template,
+    image_token_id_of,
+    render_conversation,
+    render_prompt,
+)
+from mixlora.options import check_choice
+
+logger = logging.getLogger(__name__)
+
+OVERLONG_POLICIES = ("truncate_answer", "skip", "error")
+ON_ERROR = ("skip", "raise")
+# Problem kinds, as counted in ``report()["skipped"]`` / ``["replaced"]``.
+MALFORMED, MISSING_IMAGE, OVERLONG, CORRUPT_IMAGE = "malformed_record", "missing_image", "overlong", "corrupt_image"
+_OK, _TRUNCATED = "ok", "truncated"
+_MAX_LISTED_PROBLEMS = 50
+
+
+class DataError(ValueError):
+    """A data problem that stops loading; the message names the file, record, task and the fix."""
+
+
+class RecordError(ValueError):
+    """A malformed record (raised by :func:`parse_record`)."""
+
+
+def parse_record(record, default_task_name: str | None = None):
+    """Validate one training record and return ``(task_name, image, turns)``.
+
+    ``image`` is the relative path or ``None`` (text-only); ``turns`` is a list of ``(role, text)``.
+    Raises :class:`RecordError` with a one-line description of the first problem found: not an object,
+    missing/empty ``task_name`` (unless ``default_task_name``), missing/empty ``conversations``, a turn without
+    ``from``/``value``, roles that do not alternate human/gpt from human to gpt, an empty answer, an
+    ``image`` that is not a non-empty string, no ``<image>`` tag although an image is given, a tag without an
+    image, more than one tag (one image per sample), or the tag outside the first human turn.
+    """
+    if not isinstance(record, dict):
+        raise RecordError(f"record is a {type(record).__name__}, expected a JSON object")
+    task_name = record.get("task_name")
+    if task_name is None:
+        if default_task_name is None:
+            raise RecordError("missing 'task_name' (Vision-Flan records name their task; pass default_task_name "
+                              "for data without task names, e.g. LLaVA-665K)")
+        task_name = default_task_name
+    if not isinstance(task_name, str) or not task_name.strip():
+        raise RecordError(f"'task_name' must be a non-empty string, got {task_name!r}")
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise RecordError(f"'conversations' must be a non-empty list of turns, got {_short(conversations)}")
+    turns = []
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise RecordError(f"turn {i} must be an object with 'from' and 'value', got {_short(turn)}")
+        role, value = turn["from"], turn["value"]
+        expected = HUMAN if i % 2 == 0 else GPT
+        if role != expected:
+            raise RecordError(f"turn {i} has role {role!r}; expected {expected!r} (turns alternate 'human', 'gpt')")
+        if not isinstance(value, str):
+            raise RecordError(f"turn {i} 'value' must be a string, got {_short(value)}")
+        if role == GPT and not value.strip():
+            raise RecordError(f"turn {i} (gpt) has an empty answer")
+        turns.append((role, value))
+    if len(turns) % 2:
+        raise RecordError("the last turn is a human turn with no gpt answer")
+    image = record.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise RecordError(f"'image' must be a relative path string, got {_short(image)}")
+    tags = [text.count(IMAGE_TOKEN) for _, text in turns]
+    if image is not None and sum(tags) == 0:
+        raise RecordError(f"'image' is given but no turn contains {IMAGE_TOKEN!r}")
+    if image is None and sum(tags) > 0:
+        raise RecordError(f"a turn contains {IMAGE_TOKEN!r} but the record has no 'image'")
+    if sum(tags) > 1:
+        raise RecordError(f"{sum(tags)} {IMAGE_TOKEN!r} tags; a sample holds exactly one image")
+    if sum(tags) == 1 and tags[0] != 1:
+        raise RecordError(f"{IMAGE_TOKEN!r} appears outside the first human turn")
+    return task_name, image, turns
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _where(source, index, task_name) -> str:
+    return f"{source}: record {index} (task_name={task_name!r})"
+
+
+def _encode_batch(batch, indices, *, source, template, tokenizer, num_image_tokens, max_length, overlong,
+                  default_task_name):
+    """datasets.map function: validate, render, tokenise and apply the over-length policy to a batch."""
+    columns = ("index", "task_name", "image", "input_ids", "labels", "length", "status", "message")
+    out = {name: [] for name in columns}
+    keys = list(batch)
+    for j, index in enumerate(indices):
+        record = {key: batch[key][j] for key in keys}
+        raw_task = record.get("task_name")
+        row = dict(index=index, task_name=raw_task if isinstance(raw_task, str) else "", image=None, input_ids=[],
+                   labels=[], length=0, status=_OK, message="")
+        try:
+            task_name, image, turns = parse_record(record, default_task_name)
+            # Template-specific limits (e.g. plain takes one exchange) surface here as ValueError.
+            segments = render_conversation(get_template(template), turns, with_image=True)
+        except ValueError as err:  # RecordError is a ValueError
+            row.update(status=MALFORMED, message=f"{_where(source, index, raw_task)}: {err}. Fix the record, or "
+                       "remove it with data/prepare_vision_flan.py, or load with on_error='skip'.")
+        else:
+            row.update(task_name=task_name, image=image)
+            ids, labels = encode_segments(segments, tokenizer)
+            row.update(_apply_length_policy(ids, labels, num_image_tokens, max_length, overlong,
+                                            _where(source, index, task_name)))
+        for name in columns:
+            out[name].append(row[name])
+    return out
+
+
+def _apply_length_policy(ids, labels, num_image_tokens, max_length, overlong, where):
+    """Length counts every image position (one image id -> N). Returns the row fields to update."""
+    # Every sample holds exactly one image id (text-only ones too), always in the prompt, i.e. before the first
+    # supervised token; it stands for N positions.
+    extra = num_image_tokens - 1
+    first = next((t for t, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+    length = len(ids) + extra
+    if length <= max_length:
+        return dict(input_ids=ids, labels=labels, length=length, status=_OK)
+    prompt_length = first + extra
+    if overlong == "truncate_answer" and prompt_length < max_length:
+        cut = max_length - extra
+        return dict(input_ids=ids[:cut], labels=labels[:cut], length=max_length, status=_TRUNCATED,
+                    message=f"{where}: {length} tokens > max_length={max_length}; answer truncated")
+    detail = (f"the prompt alone has {prompt_length} tokens (incl. {num_image_tokens} image tokens), so no answer "
+              "token fits" if prompt_length >= max_length else f"{length} tokens")
+    return dict(status=OVERLONG, length=length,
+                message=f"{where}: {detail} > max_length={max_length}. Raise max_length, shorten the record, or "
+                f"choose overlong='truncate_answer' or 'skip'.")
+
+
+class _SharedCounter:
+    """An integer counter shared with DataLoader worker processes (fork: shared memory; spawn: inherited).
+
+    Pickled outside process start-up (e.g. deepcopy) it degrades to a private snapshot instead of failing.
+    """
+
+    def __init__(self, value: int = 0):
+        self._shared = multiprocessing.Value("q", value)
+
+    def increment(self):
+        with self._shared.get_lock():
+            self._shared.value += 1
+
+    @property
+    def value(self) -> int:
+        return int(self._shared.value)
+
+    def __getstate__(self):
+        return {"shared": self._shared} if get_spawning_popen() is not None else {"snapshot": self.value}
+
+    def __setstate__(self, state):
+        self._shared = state["shared"] if "shared" in state else multiprocessing.Value("q", state["snapshot"])
+
+
+class ConversationDataset(Dataset):
+    """Vision-Flan / LLaVA instruction-tuning data, tokenised with a template; images decoded lazily.
+
+    Each item: ``{"input_ids": long[L], "labels": long[L], "pixel_values": float[3, S, S], "task_name": str,
+    "index": int}`` where L counts ``num_image_tokens`` copies of the ``<image>`` id (labels IGNORE_INDEX there)
+    and ``index`` is the record's position in the JSON list.
+
+    Args:
+        annotations: path of the JSON list.
+        image_folder: folder the records' ``image`` paths are relative to (default: the JSON file's folder).
+        tokenizer: a HF tokenizer with ``<image>``, BOS and EOS (``build_tokenizer`` / ``load_tokenizer``).
+        image_processor: an :class:`~mixlora.data.images.ImageProcessor`.
+        num_image_tokens: N, the vision tower's patch count (64 tiny, 256 for CLIP ViT-L/14-224).
+        template: ``"vicuna_v1"`` (paper training), ``"llava_v1"`` or ``"plain"``.
+        max_length: maximum sequence length, image positions included.
+        overlong: ``"truncate_answer"`` cuts the sequence at max_length after the prompt (image tokens and the
+            prompt are never cut; the cut answer gets no ``</s>``, so the model is not taught to stop mid-answer)
+            and skips samples whose prompt alone does not fit; ``"skip"`` drops over-long samples; ``"error"``
+            raises. Truncated and skipped samples are counted in :meth:`report`.
+        on_error: what to do with malformed records, missing and corrupt images: ``"skip"`` (count, log, go on)
+            or ``"raise"`` (:class:`DataError`). Malformed records and missing files are found up front; a
+            corrupt image is found when read: with ``"skip"`` the item is replaced by the next readable sample
+            (position ``i+1``, ``i+2``, ... wrapping around; at most ``max_replacements`` tries), counted in
+            ``report()["replaced"]`` (shared across DataLoader workers) and logged with its record.
+        check_images: check up front that every image file exists (a ``stat`` per record).
+        default_task_name: task name for records without ``task_name`` (None: such records are malformed).
+        cache_dir, num_proc: passed to ``datasets`` (JSON parse and tokenisation are cached there).
+    """
+
+    def __init__(self, annotations: str, tokenizer, image_processor, num_image_tokens: int,
+                 image_folder: str | None = None, template: str = "vicuna_v1", max_length: int = 2048,
+                 overlong: str = "truncate_answer", on_error: str = "skip", check_images: bool = True,
+                 default_task_name: str | None = None, max_replacements: int = 16, cache_dir: str | None = None,
+                 num_proc: int | None = None):
+        import datasets
+
+        check_choice("overlong", overlong, OVERLONG_POLICIES)
+        check_choice("on_error", on_error, ON_ERROR)
+        get_template(template)
+        if num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+        if max_length <= num_image_tokens:
+            raise ValueError(f"max_length={max_length} leaves no room for text after {num_image_tokens} image tokens")
+        self.annotations = str(annotations)
+        if not Path(self.annotations).is_file():
+            raise FileNotFoundError(f"annotation file {self.annotations!r} does not exist")
+        self.image_folder = Path(image_folder) if image_folder is not None else Path(self.annotations).parent
+        self.image_processor = image_processor
+        self.num_image_tokens = num_image_tokens
+        self.image_token_id = image_token_id_of(tokenizer)
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; answers end with it (build_tokenizer/load_tokenizer)")
+        self.on_error = on_error
+        self.max_replacements = max_replacements
+
+        try:
+            raw = datasets.load_dataset("json", data_files=self.annotations, split="train", cache_dir=cache_dir)
+        except Exception as err:  # the datasets/pyarrow errors do not say which file; re-raise with it
+            raise DataError(f"{self.annotations}: not a readable JSON list of records ({type(err).__name__}: "
+                            f"{err}). Check the file is a JSON list (or JSON Lines) of objects.") from err
+        encode = functools.partial(
+            _encode_batch, source=self.annotations, template=template, tokenizer=tokenizer,
+            num_image_tokens=num_image_tokens, max_length=max_length, overlong=overlong,
+            default_task_name=default_task_name)
+        rows = raw.map(encode, batched=True, with_indices=True, remove_columns=raw.column_names,
+                       num_proc=num_proc, desc=f"Tokenising {Path(self.annotations).name}")
+        status = list(rows["status"])
+        messages = rows["message"]
+        problems = [messages[i] for i, s in enumerate(status) if s not in (_OK, _TRUNCATED)]
+        self._raise_if(on_error == "raise", [messages[i] for i, s in enumerate(status) if s == MALFORMED])
+        self._raise_if(overlong == "error", [messages[i] for i, s in enumerate(status) if s == OVERLONG])
+
+        images = rows["image"]
+        if check_images:
+            missing = []
+            for i in tqdm([i for i, s in enumerate(status) if s in (_OK, _TRUNCATED) and images[i] is not None],
+                          desc="Checking image files", mininterval=2.0, disable=len(status) < 5000):
+                path = self.image_folder / images[i]
+                if not path.is_file():
+                    status[i] = MISSING_IMAGE
+                    missing.append(f"{_where(self.annotations, rows[i]['index'], rows[i]['task_name'])}: image "
+                                   f"file {str(path)!r} does not exist. Check image_folder (records' 'image' paths "
+                                   "are relative to it) or run data/prepare_vision_flan.py to list missing files.")
+            self._raise_if(on_error == "raise", missing)
+            problems += missing
+
+        kept = [i for i, s in enumerate(status) if s in (_OK, _TRUNCATED)]
+        if not kept:
+            raise DataError(f"{self.annotations}: no usable samples out of {len(status)} records; first problems: "
+                            + " | ".join(problems[:3]))
+        self._rows = rows.select(kept)
+        self.lengths = list(self._rows["length"])
+        counts = Counter(status)
+        self._report = {
+            "annotations": self.annotations,
+            "records": len(status),
+            "samples": len(kept),
+            "text_only": sum(images[i] is None for i in kept),
+            "truncated": counts[_TRUNCATED],
+            "skipped": {kind: counts[kind] for kind in (MALFORMED, MISSING_IMAGE, OVERLONG)},
+            "problems": problems[:_MAX_LISTED_PROBLEMS],
+        }
+        self._replaced = _SharedCounter()
+        self._bad: set[int] = set()  # positions found unreadable in this process
+        self._log_summary()
+
+    @staticmethod
+    def _raise_if(condition: bool, messages: list[str]) -> None:
+        if condition and messages:
+            more = f" (and {len(messages) - 1} more such problems)" if len(messages) > 1 else ""
+            raise DataError(messages[0] + more)
+
+    def _log_summary(self):
+        r = self._report
+        skipped = sum(r["skipped"].values())
+        summary = (f"{Path(self.annotations).name}: {r['records']} records -> {r['samples']} samples "
+                   f"({r['text_only']} text-only, {r['truncated']} truncated); skipped {skipped}: "
+                   + ", ".join(f"{k}={v}" for k, v in r["skipped"].items()))
+        if skipped or r["truncated"]:
+            logger.warning("%s; first problem: %s", summary, r["problems"][0] if r["problems"] else "-")
+        else:
+            logger.info(summary)
+
+    def report(self) -> dict:
+        """Counts of what loading did: records, samples, text_only, truncated, skipped{kind: n}, replaced
+        {corrupt_image: n} and the first problem messages. ``replaced`` counts every time an unreadable image
+        was skipped for another sample so far, in this process and all its DataLoader workers (so one bad file
+        is counted once per read, e.g. once per epoch)."""
+        return {**self._report, "replaced": {CORRUPT_IMAGE: self._replaced.value}}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self)
+        for attempt in range(self.max_replacements + 1):
+            position = (i + attempt) % n
+            if position in self._bad:  # known unreadable in this process: skip without re-reading the file
+                self._replaced.increment()
+                continue
+            row = self._rows[position]
+            try:
+                pixel_values = self._pixels(row)
+            except IMAGE_ERRORS as err:
+                message = (f"{_where(self.annotations, row['index'], row['task_name'])}: cannot read image "
+                           f"{str(self.image_folder / row['image'])!r} ({type(err).__name__}: {err})")
+                if self.on_error == "raise":
+                    raise DataError(message + ". Replace the file, drop the record with "
+                                    "data/prepare_vision_flan.py --check-images, or use on_error='skip'.") from err
+                self._bad.add(position)
+                self._replaced.increment()
+                logger.warning("%s; using the next sample instead (on_error='skip')", message)
+                continue
+            return self._sample(row, pixel_values)
+        raise DataError(f"{self.annotations}: {self.max_replacements + 1} consecutive samples from position {i} "
+                        "have unreadable images; run data/prepare_vision_flan.py --check-images to find them")
+
+    def _pixels(self, row) -> torch.Tensor:
+        if row["image"] is None:
+            return self.image_processor.blank()
+        return self.image_processor.load(self.image_folder / row["image"])
+
+    def _sample(self, row, pixel_values) -> dict:
+        ids, labels = expand_image_tokens(row["input_ids"], row["labels"], self.image_token_id, self.num_image_tokens)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values": pixel_values,
+            "task_name": row["task_name"],
+            "index": row["index"],
+        }
+
+
+class PromptDataset(Dataset):
+    """Generation samples from a JSONL file, by default the released evaluation format::
+
+        {"unique_id": "...", "prompt": "Is the sky blue?\\n[Options]: yes, no", "target": "yes",
+         "image_path": "/data/x.jpg"}
+
+    The question is ``prompt`` with ``"[Options]"`` replaced by ``"Options"`` (``replace_options``), with
+    ``strip_suffix`` removed from its end when present, then ``suffix_separator + prompt_suffix`` appended
+    (e.g. ``prompt_suffix="Answer the question using a single word or phrase."``). It is rendered with
+    ``template`` up to ``"ASSISTANT:"`` (the released evaluation used ``llava_v1``) with the image in front.
+
+    Each item: ``{"input_ids": long[L], "pixel_values": float[3, S, S], "task_name": str, "index": int,
+    "record": dict}`` where ``record`` is the JSON line as read (for the scorer: targets, ids, ...).
+    Field names are configurable (``prompt_field``, ``image_field``, ``id_field``) so the same loader reads the
+    MME / CV-Bench files written by ``data/prepare_mme.py`` / ``data/prepare_cvbench.py``
+    (``prompt_field="question"``, ``id_field="question_id"`` or ``"idx"``).
+
+    Records are checked up front (JSON, required fields, image file exists); ``on_error="skip"`` drops bad
+    lines and counts them in :meth:`report`, ``"raise"`` stops at the first. An image that exists but cannot be
+    decoded always raises when read (replacing evaluation samples would change the score).
+    """
+
+    def __init__(self, path: str, tokenizer, image_processor, num_image_tokens: int, template: str = "llava_v1",
+                 task_name: str | None = None, image_root: str | None = None, prompt_field: str = "prompt",
+                 image_field: str = "image_path", id_field: str = "unique_id", replace_options: bool = True,
+                 strip_suffix: str = "", prompt_suffix: str = "", suffix_separator: str = "\n",
+                 on_error: str = "raise"):
+        check_choice("on_error", on_error, ON_ERROR)
+        self.path = str(path)
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"evaluation file {self.path!r} does not exist")
+        if num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+        self.task_name = task_name if task_name is not None else Path(self.path).stem
+        self.image_root = Path(image_root) if image_root is not None else Path(self.path).parent
+        self.image_processor = image_processor
+        self.num_image_tokens = num_image_tokens
+        image_token_id = image_token_id_of(tokenizer)
+        chat = get_template(template)
+        self._items, problems = [], []
+        with open(self.path, encoding="utf-8") as f:
+            lines = list(enumerate(f, start=1))
+        for line_no, line in tqdm(lines, desc=f"Reading {Path(self.path).name}", mininterval=2.0,
+                                  disable=len(lines) < 5000):
+            if not line.strip():
+                continue
+            where = f"{self.path}:{line_no} (task {self.task_name!r})"
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"line holds a {type(record).__name__}, expected a JSON object")
+                for field in (id_field, prompt_field, image_field):
+                    if field not in record:
+                        raise ValueError(f"missing field {field!r}")
+                question, image = record[prompt_field], record[image_field]
+                if not isinstance(question, str) or not isinstance(image, str) or not image:
+                    raise ValueError(f"{prompt_field!r} and {image_field!r} must be non-empty strings")
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                problems.append(f"{where}: {err}. Fix the line or load with on_error='skip'.")
+                self._raise_if(on_error == "raise", problems)
+                continue
+            image_path = self.image_root / image
+            if not image_path.is_file():
+                problems.append(f"{where}: image {str(image_path)!r} does not exist. Check image_root "
+                                "(relative image paths are resolved against it).")
+                self._raise_if(on_error == "raise", problems)
+                continue
+            if replace_options:
+                question = question.replace("[Options]", "Options")
+            if strip_suffix and question.rstrip().endswith(strip_suffix):
+                question = question.rstrip()[: -len(strip_suffix)].rstrip()
+            if prompt_suffix:
+                question = question + suffix_separator + prompt_suffix
+            ids, _ = encode_segments(render_prompt(chat, question, with_image=True), tokenizer)
+            ids, _ = expand_image_tokens(ids, ids, image_token_id, num_image_tokens)
+            self._items.append((ids, image_path, record, line_no))
+        self._report = {"path": self.path, "task_name": self.task_name, "samples": len(self._items),
+                        "skipped": len(problems), "problems": problems[:_MAX_LISTED_PROBLEMS]}
+        if problems:
+            logger.warning("%s: skipped %d bad lines; first: %s", self.path, len(problems), problems[0])
+
+    @staticmethod
+    def _raise_if(condition: bool, messages: list[str]) -> None:
+        if condition and messages:
+            raise DataError(messages[-1])
+
+    def report(self) -> dict:
+        """``{"path", "task_name", "samples", "skipped", "problems"}``."""
+        return dict(self._report)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> dict:
+        ids, image_path, record, line_no = self._items[i]
+        try:
+            pixel_values = self.image_processor.load(image_path)
+        except IMAGE_ERRORS as err:
+            raise DataError(f"{self.path}:{line_no} (task {self.task_name!r}): cannot read image {str(image_path)!r} "
+                            f"({type(err).__name__}: {err}). Replace the file or drop the line.") from err
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "pixel_values": pixel_values,
+                "task_name": self.task_name, "index": i, "record": record}
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar sequence lengths, in a seeded random order (pass as ``DataLoader(batch_sampler=...)``).
+
+    Per epoch (seed + epoch; call :meth:`set_epoch`): shuffle all indices, cut them into mega-batches of
+    ``batch_size * mega_batch_factor``, sort each mega-batch by length (longest first) and cut it into batches,
+    then shuffle the order of the full batches; a final short batch (if any) comes last. With
+    ``num_replicas > 1`` the batches are dealt round-robin to ranks; every rank gets the same number of
+    full batches (the last incomplete round is dropped when ``drop_last``, else topped up by repeating the
+    epoch's first batches; a short final batch is then completed with random indices).
+    """
+
+    def __init__(self, lengths, batch_size: int, seed: int = 0, mega_batch_factor: int = 50, drop_last: bool = False,
+                 num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1 or mega_batch_factor < 1:
+            raise ValueError(f"batch_size and mega_batch_factor must be >= 1, got {batch_size}, {mega_batch_factor}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        self.lengths = [int(n) for n in lengths]
+        if not self.lengths:
+            raise ValueError("LengthGroupedBatchSampler got no lengths")
+        self.batch_size, self.seed, self.mega_batch_factor = batch_size, seed, mega_batch_factor
+        self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        mega = self.batch_size * self.mega_batch_factor
+        batches = []
+        for start in range(0, len(order), mega):
+            group = sorted(order[start : start + mega], key=lambda k: -self.lengths[k])
+            batches += [group[s : s + self.batch_size] for s in range(0, len(group), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        short = [b for b in batches if len(b) < self.batch_size]  # at most one: only the last mega-batch is short
+        full = [full[k] for k in torch.randperm(len(full), generator=generator).tolist()]
+        if self.num_replicas == 1:
+            return full if self.drop_last else full + short
+        if short and not self.drop_last:
+            pad = torch.randint(len(self.lengths), (self.batch_size - len(short[0]),), generator=generator).tolist()
+            full.append(short[0] + pad)
+        rounds, extra = divmod(len(full), self.num_replicas)
+        if extra and not self.drop_last:
+            full += [full[k % len(full)] for k in range(self.num_replicas - extra)]
+            rounds += 1
+        return full[: rounds * self.num_replicas]
+
+    def __iter__(self):
+        yield from self._global_batches()[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        n, b, r = len(self.lengths), self.batch_size, self.num_replicas
+        if r == 1:
+            return n // b if self.drop_last else -(-n // b)
+        batches = n // b if self.drop_last else -(-n // b)
+        return batches // r if self.drop_last else -(-batches // r)
