@@ -1,0 +1,662 @@
+"""Tests of the synthetic task suite (mixlora/data/synthetic.py, data/make_synthetic.py).
+
+The references are independent of the generator: the public record formats (Vision-Flan, MME release, CV-Bench,
+POPE, MixLoRA eval JSONL; benchmarks.md §1-4) and the pixels themselves. Colours are identified by the nearest
+CSS colour (the ANCHORS below, not the generator's palette), objects by exact-colour pixel groups, counts by
+connected components, positions by pixel centroids.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mixlora.data import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(per_task=12, eval_per_task=12, mme_images=6, stage1_size=12, progress=False)
+
+# CSS named colours: the independent meaning of each colour word.
+ANCHORS = {"red": (255, 0, 0), "orange": (255, 165, 0), "yellow": (255, 255, 0), "green": (0, 128, 0),
+           "blue": (0, 0, 255), "purple": (128, 0, 128), "pink": (255, 192, 203), "brown": (139, 69, 19),
+           "black": (0, 0, 0), "white": (255, 255, 255)}
+NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+MME_OFFICIAL = {"existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
+                "OCR", "commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"}
+MME_RELEASE_NESTED = {"artwork", "celebrity", "landmark", "posters", "scene"}
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("suite") / "syn"
+    synthetic.generate_suite(out, seed=0, image_size=64, **SMALL)
+    return out
+
+
+@pytest.fixture(scope="module")
+def train(suite) -> list[dict]:
+    return json.loads((suite / "train.json").read_text())
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------- pixel tools
+
+
+def _border_colors(a: np.ndarray) -> set[tuple[int, int, int]]:
+    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return {tuple(int(v) for v in c) for c in np.unique(edge, axis=0)}
+
+
+def _plain(a: np.ndarray) -> bool:
+    """Whether the image has a plain background (textured ones hold small texture marks away from the border)."""
+    border = _border_colors(a)
+    return len(border) == 1 and next(iter(border)) in set(synthetic.PLAIN_BACKGROUNDS.values())
+
+
+def _nearest_anchor(rgb) -> str:
+    return min(ANCHORS, key=lambda n: sum((int(x) - y) ** 2 for x, y in zip(rgb, ANCHORS[n])))
+
+
+def _object_mask(a: np.ndarray, color: str) -> np.ndarray:
+    """Pixels of the largest exact-colour group (not a background colour) whose nearest CSS colour is ``color``."""
+    border = _border_colors(a)
+    colors, counts = np.unique(a.reshape(-1, 3), axis=0, return_counts=True)
+    best = None
+    for c, n in zip(colors, counts):
+        c = tuple(int(v) for v in c)
+        if c not in border and _nearest_anchor(c) == color and (best is None or n > best[1]):
+            best = (c, n)
+    assert best is not None, f"no {color} object in the image"
+    return np.all(a == best[0], axis=-1)
+
+
+def _foreground_colors(a: np.ndarray, min_pixels: int = 6) -> list[str]:
+    border = _border_colors(a)
+    colors, counts = np.unique(a.reshape(-1, 3), axis=0, return_counts=True)
+    return [_nearest_anchor(c) for c, n in zip(colors, counts)
+            if tuple(int(v) for v in c) not in border and n >= min_pixels]
+
+
+def _centroid(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs.mean()), float(ys.mean())
+
+
+def _extent(mask: np.ndarray) -> int:
+    ys, xs = np.nonzero(mask)
+    return int(max(xs.max() - xs.min(), ys.max() - ys.min()) + 1)
+
+
+def _components(mask: np.ndarray) -> int:
+    """Number of 8-connected components of a boolean mask (plain flood fill)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    h, w = mask.shape
+    count = 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        count += 1
+        stack = [(y0, x0)]
+        seen[y0, x0] = True
+        while stack:
+            y, x = stack.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    v, u = y + dy, x + dx
+                    if 0 <= v < h and 0 <= u < w and mask[v, u] and not seen[v, u]:
+                        seen[v, u] = True
+                        stack.append((v, u))
+    return count
+
+
+def _holds(relation: str, a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return {"left": a[0] < b[0] - 5, "right": a[0] > b[0] + 5, "above": a[1] < b[1] - 5,
+            "below": a[1] > b[1] + 5}[relation]
+
+
+def test_pixel_tools_on_a_hand_drawn_image():
+    """The helpers themselves, on an image drawn here: two red blobs (one touching diagonally) and a blue bar."""
+    a = np.zeros((10, 10, 3), dtype=np.int64) + 200
+    a[1:3, 1:3] = (230, 20, 20)
+    a[3, 3] = (230, 20, 20)  # diagonal neighbour: same component
+    a[6:8, 6:8] = (230, 20, 20)
+    a[1, 6:9] = (10, 10, 240)
+    red = _object_mask(a, "red")
+    assert _components(red) == 2 and red.sum() == 9
+    assert _centroid(_object_mask(a, "blue")) == (7.0, 1.0)
+    assert sorted(_foreground_colors(a, 1)) == ["blue", "red"]
+
+
+# ---------------------------------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_gives_identical_files_and_another_seed_differs(suite, tmp_path):
+    synthetic.generate_suite(tmp_path / "again", seed=0, image_size=64, **SMALL)
+    synthetic.generate_suite(tmp_path / "other", seed=1, image_size=64, **SMALL)
+    first, again, other = _hashes(suite), _hashes(tmp_path / "again"), _hashes(tmp_path / "other")
+    assert first == again
+    assert first.keys() == other.keys()
+    changed = [k for k in first if first[k] != other[k]]
+    assert "train.json" in changed and len(changed) > 0.9 * len(first)
+
+
+def test_cli_is_deterministic_across_processes_and_hash_seeds(tmp_path):
+    args = ["--seed", "3", "--per-task", "1", "--eval-per-task", "6", "--mme-images", "1", "--stage1-size", "2",
+            "--quiet"]
+    for name, hash_seed in (("a", "1"), ("b", "2")):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        done = subprocess.run([sys.executable, str(REPO / "data" / "make_synthetic.py"), "--out",
+                               str(tmp_path / name), *args], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert _hashes(tmp_path / "a") == _hashes(tmp_path / "b")
+
+
+def test_cli_rejects_bad_arguments_and_protects_existing_folders(tmp_path):
+    cli = [sys.executable, str(REPO / "data" / "make_synthetic.py")]
+    bad = subprocess.run(cli + ["--out", str(tmp_path / "x"), "--image-size", "10"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "image_size=10" in bad.stderr and "[48, 512]" in bad.stderr
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    small = ["--out", str(busy), "--per-task", "1", "--eval-per-task", "6", "--mme-images", "1", "--stage1-size",
+             "1", "--quiet"]
+    refused = subprocess.run(cli + small, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "not empty" in refused.stderr and "--overwrite" in refused.stderr
+    done = subprocess.run(cli + small + ["--overwrite"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (busy / "keep.txt").read_text() == "mine" and (busy / "train.json").exists()
+
+
+def test_generate_suite_validates_sizes(tmp_path):
+    with pytest.raises(ValueError, match="eval_per_task=5"):
+        synthetic.generate_suite(tmp_path / "y", eval_per_task=5, progress=False)
+    with pytest.raises(ValueError, match="per_task=0"):
+        synthetic.generate_suite(tmp_path / "y", per_task=0, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------- train.json
+
+
+def test_train_records_follow_the_vision_flan_format(suite, train):
+    assert isinstance(train, list) and len(train) == 12 * len({r["task_name"] for r in train})
+    for r in train:
+        assert set(r) == {"id", "image", "task_name", "conversations"}
+        assert re.fullmatch(r"[A-Za-z0-9]+\+[a-z0-9_]+", r["task_name"])
+        assert r["id"].startswith(f"synth_{r['task_name']}+")
+        human, gpt = r["conversations"]
+        assert len(r["conversations"]) == 2 and human["from"] == "human" and gpt["from"] == "gpt"
+        assert human["value"].endswith("\n<image>") and human["value"].count("<image>") == 1
+        assert gpt["value"].strip() and "<image>" not in gpt["value"]
+        assert (suite / "images" / r["image"]).is_file()
+    assert len({r["task_name"] for r in train}) >= 24
+    # Keyed by (task_name, image) records are unique; ids repeat within tasks, as in Vision-Flan.
+    assert len({(r["task_name"], r["image"]) for r in train}) == len(train)
+    assert len({r["id"] for r in train}) < len(train)
+
+
+def _template_regex(template: str) -> re.Pattern:
+    parts = re.split(r"\{[a-z]+\}", template)
+    return re.compile("^" + "(.+?)".join(re.escape(p) for p in parts) + "$")
+
+
+def test_every_task_uses_at_least_three_of_its_phrasings(train):
+    by_task = collections.defaultdict(set)
+    tasks = {t.name: t for t in synthetic.TRAIN_TASKS}
+    for r in train:
+        instruction = r["conversations"][0]["value"].removesuffix("\n<image>").split("\nOptions: ")[0]
+        matches = [i for i, t in enumerate(tasks[r["task_name"]].phrasings) if _template_regex(t).match(instruction)]
+        assert matches, f"{r['task_name']}: {instruction!r} matches none of its phrasings"
+        by_task[r["task_name"]].add(matches[0])
+    assert all(len(v) >= 3 for v in by_task.values()), by_task
+
+
+def test_inline_options_agree_with_the_answer_letter(train):
+    with_options = 0
+    for r in train:
+        human, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        if "\nOptions: " not in human:
+            assert not re.match(r"\([a-z]\) ", answer)
+            continue
+        with_options += 1
+        line = human.removesuffix("\n<image>").split("\nOptions: ")[1]
+        pairs = re.findall(r"\(([a-z])\) (.+?)(?= \([a-z]\) |$)", line)
+        letters = [p[0] for p in pairs]
+        assert letters == list("abcdefghij"[:len(letters)]) and len(letters) >= 2
+        m = re.fullmatch(r"\(([a-z])\) (.+)", answer)
+        assert m, f"option-style task answered {answer!r}"
+        assert dict(pairs)[m.group(1)] == m.group(2)
+    assert with_options >= 7 * 12
+
+
+def test_conflicting_answer_formats_about_the_same_property(train):
+    """Colour and count are each asked by several tasks with different answer formats (task interference)."""
+    answers = collections.defaultdict(list)
+    for r in train:
+        answers[r["task_name"]].append(r["conversations"][1]["value"])
+    assert all(re.fullmatch(r"\([a-d]\) [a-z]+", a) for a in answers["SynthShapes+color_classification"])
+    assert all(a in ANCHORS for a in answers["SynthShapes+color_name"])
+    assert set(answers["SynthShapes+color_verification"]) <= {"Yes", "No"}
+    assert all(a.isdigit() for a in answers["SynthCount+count_digits"])
+    assert all(a in NUMBER_WORDS for a in answers["SynthCount+count_words"])
+
+
+# ---------------------------------------------------------------------------------------------------- ground truth
+
+
+def _records(train, task):
+    return [r for r in train if r["task_name"] == task]
+
+
+def test_colour_answers_match_the_rendered_pixels(suite, train):
+    checked = 0
+    for task in ("SynthShapes+color_name", "SynthShapes+color_classification", "SynthGlyphs+text_color"):
+        for r in _records(train, task):
+            a = _pixels(suite / "images" / r["image"])
+            if not _plain(a):  # textured backgrounds add texture colours
+                continue
+            colour = r["conversations"][1]["value"].split(") ")[-1]
+            assert _foreground_colors(a) == [colour], (r["image"], colour)
+            checked += 1
+    for r in _records(train, "SynthShapes+color_verification"):
+        a = _pixels(suite / "images" / r["image"])
+        if _plain(a):
+            asked = re.search(r" (\w+)\?$", r["conversations"][0]["value"].removesuffix("\n<image>")).group(1)
+            assert (_foreground_colors(a) == [asked]) == (r["conversations"][1]["value"] == "Yes")
+            checked += 1
+    assert checked >= 20
+
+
+def test_colour_at_the_centre_of_a_rendered_shape():
+    """Render a known scene: the pixel at each shape's centre has the colour named for it."""
+    import random
+    rng = random.Random(5)
+    for kind in synthetic.SHAPES:
+        if kind == "ring":
+            continue
+        for color in ("red", "blue", "yellow", "brown"):
+            scene, obj = synthetic.single_object(rng, 64, shape=kind, color=color, bg="light gray")
+            a = np.asarray(synthetic.render(scene))
+            assert _nearest_anchor(a[round(obj.cy), round(obj.cx)]) == color
+            assert a.shape == (64, 64, 3) and tuple(a[0, 0]) != tuple(a[round(obj.cy), round(obj.cx)])
+
+
+def test_count_answers_equal_connected_components(suite, train):
+    for task in ("SynthCount+count_digits", "SynthCount+count_words", "SynthCount+count_options"):
+        for r in _records(train, task):
+            a = _pixels(suite / "images" / r["image"])
+            assert _plain(a)
+            answer = r["conversations"][1]["value"].split(") ")[-1]
+            expected = int(answer) if answer.isdigit() else NUMBER_WORDS[answer]
+            foreground = np.any(a != a[0, 0], axis=-1)
+            assert _components(foreground) == expected, r["image"]
+
+
+def test_position_answers_match_the_object_centroid(suite, train):
+    checked = 0
+    for task in ("SynthSpatial+position_name", "SynthSpatial+position_classification"):
+        for r in _records(train, task):
+            a = _pixels(suite / "images" / r["image"])
+            if not _plain(a):
+                continue
+            x, y = _centroid(np.any(a != a[0, 0], axis=-1))
+            third = a.shape[0] / 3
+            region = ("left" if x < third else "right" if x > 2 * third else
+                      "top" if y < third else "bottom" if y > 2 * third else "center")
+            assert region == r["conversations"][1]["value"].split(") ")[-1], r["image"]
+            checked += 1
+    assert checked >= 8
+
+
+def test_size_labels_are_ordered_by_rendered_extent(suite, train):
+    extents = collections.defaultdict(list)
+    for r in _records(train, "SynthShapes+size_classification"):
+        a = _pixels(suite / "images" / r["image"])
+        if _plain(a):
+            extents[r["conversations"][1]["value"]].append(_extent(np.any(a != a[0, 0], axis=-1)))
+    assert len(extents) >= 2
+    order = [s for s in ("small", "medium", "large") if s in extents]
+    for lo, hi in zip(order, order[1:]):
+        assert max(extents[lo]) < min(extents[hi]), extents
+
+
+def test_relation_answers_match_the_object_centroids(suite, train):
+    sides = {"on the left": "left", "on the right": "right", "higher": "above", "lower": "below"}
+    checked = 0
+    for r in _records(train, "SynthSpatial+relation_which"):
+        a = _pixels(suite / "images" / r["image"])
+        if not _plain(a):
+            continue
+        checked += 1
+        human = r["conversations"][0]["value"]
+        side = next(v for k, v in sides.items() if k in human)
+        x, y = re.findall(r"the (\w+) \w+", human.split(",", 1)[-1] if "Which shape" in human else human)[:2]
+        winner = r["conversations"][1]["value"].split()[1]
+        loser = y if winner == x else x
+        assert _holds(side, _centroid(_object_mask(a, winner)), _centroid(_object_mask(a, loser))), r["image"]
+    for r in _records(train, "SynthSpatial+relation_sentence"):
+        a = _pixels(suite / "images" / r["image"])
+        if not _plain(a):
+            continue
+        checked += 1
+        m = re.fullmatch(r"The (\w+) \w+ is (to the left of|to the right of|above|below) the (\w+) \w+\.",
+                         r["conversations"][1]["value"])
+        rel = {"to the left of": "left", "to the right of": "right"}.get(m.group(2), m.group(2))
+        assert _holds(rel, _centroid(_object_mask(a, m.group(1))), _centroid(_object_mask(a, m.group(3))))
+    assert checked >= 8
+
+
+def test_object_listing_is_left_to_right_and_complete(suite, train):
+    for r in _records(train, "SynthObjects+object_listing"):
+        a = _pixels(suite / "images" / r["image"])
+        if _plain(a):
+            assert _components(np.any(a != a[0, 0], axis=-1)) == len(r["conversations"][1]["value"].split(", "))
+
+
+# ---------------------------------------------------------------------------------------------------- stage 1
+
+
+def test_stage1_records_use_the_plain_template(suite):
+    records = json.loads((suite / "stage1.json").read_text())
+    assert len(records) == 12 and len({r["id"] for r in records}) == 12
+    for r in records:
+        human, gpt = r["conversations"]
+        assert human == {"from": "human", "value": "<image>"} and gpt["from"] == "gpt" and gpt["value"].strip()
+        assert (suite / "images" / r["image"]).is_file()
+
+
+# ---------------------------------------------------------------------------------------------------- MME
+
+
+def _mme_pairs(suite: Path):
+    """(subtask, image path, [(question, answer), ...]) over the release's flat and nested layouts."""
+    for sub in sorted((suite / "eval" / "mme").iterdir()):
+        nested = (sub / "questions_answers_YN").is_dir()
+        txts = sorted((sub / "questions_answers_YN" if nested else sub).glob("*.txt"))
+        for txt in txts:
+            image = (sub / "images" if nested else sub) / (txt.stem + ".png")
+            lines = txt.read_text().splitlines()
+            yield sub.name, image, [tuple(line.split("\t")) for line in lines]
+
+
+def test_mme_folders_follow_the_release_layout(suite):
+    subs = {p.name for p in (suite / "eval" / "mme").iterdir()}
+    assert {"existence", "count", "position", "color"} <= subs and subs <= MME_OFFICIAL and len(subs) >= 6
+    for name in subs:
+        nested = (suite / "eval" / "mme" / name / "questions_answers_YN").is_dir()
+        assert nested == (name in MME_RELEASE_NESTED)
+        flat_pngs = list((suite / "eval" / "mme" / name).glob("*.png"))
+        assert (len(flat_pngs) == 0) == nested
+    n = 0
+    for sub, image, pairs in _mme_pairs(suite):
+        assert len(pairs) == 2 and all(len(p) == 2 for p in pairs), (sub, image)
+        assert sorted(a for _, a in pairs) == ["No", "Yes"]
+        assert all(q.endswith(" Please answer yes or no.") for q, _ in pairs)
+        with Image.open(image) as im:
+            assert im.size == (64, 64)
+        n += 1
+    assert n == 6 * len(subs)
+
+
+def test_mme_color_and_position_answers_match_pixels(suite):
+    for sub, image, pairs in _mme_pairs(suite):
+        a = _pixels(image)
+        for question, answer in pairs:
+            if sub == "color":
+                colour = re.match(r"Is the \w+ in this image (\w+)\?", question).group(1)
+                assert (colour in _foreground_colors(a)) == (answer == "Yes"), (image, question)
+            if sub == "position":
+                m = re.match(r"Is the (\w+) \w+ (on the left of|on the right of|above|below) the (\w+) \w+\?",
+                             question)
+                rel = {"on the left of": "left", "on the right of": "right"}.get(m.group(2), m.group(2))
+                holds = _holds(rel, _centroid(_object_mask(a, m.group(1))), _centroid(_object_mask(a, m.group(3))))
+                assert holds == (answer == "Yes"), (image, question)
+
+
+# ---------------------------------------------------------------------------------------------------- CV-Bench
+
+
+def test_cvbench_records_follow_the_release_format(suite):
+    root = suite / "eval" / "cvbench"
+    rows = _jsonl(root / "test.jsonl")
+    assert len(rows) == 4 * 12 and [r["idx"] for r in rows] == list(range(len(rows)))
+    folders = {"Count": "img/2D/count/", "Relation": "img/2D/relation/", "Depth": "img/3D/depth/",
+               "Distance": "img/3D/distance/"}
+    fields = {"idx", "type", "task", "image", "question", "choices", "answer", "prompt", "filename", "source",
+              "source_dataset", "source_filename", "target_class", "target_size", "bbox"}
+    for r in rows:
+        assert set(r) == fields
+        assert r["type"] == ("2D" if r["task"] in ("Count", "Relation") else "3D")
+        assert r["source"] in (("ADE20K", "COCO") if r["type"] == "2D" else ("Omni3D",))
+        letter = re.fullmatch(r"\(([A-Z])\)", r["answer"]).group(1)
+        assert ord(letter) - 65 < len(r["choices"])
+        expected = r["question"] + " Select from the following choices." + "".join(
+            f"\n({'ABCDEF'[i]}) {c}" for i, c in enumerate(r["choices"]))
+        assert r["prompt"] == expected
+        assert r["filename"] == r["image"] and r["image"].startswith(folders[r["task"]])
+        assert (root / r["image"]).is_file()
+    assert {r["source"] for r in rows} == {"ADE20K", "COCO", "Omni3D"}
+
+
+def test_cvbench_answers_match_pixels(suite):
+    root = suite / "eval" / "cvbench"
+    for r in _jsonl(root / "test.jsonl"):
+        a = _pixels(root / r["image"])
+        chosen = r["choices"][ord(r["answer"][1]) - 65]
+        if r["task"] == "Relation":
+            m = re.match(r"Considering the relative positions of the (\w+) \w+ and the (\w+) \w+", r["question"])
+            assert _holds(chosen, _centroid(_object_mask(a, m.group(1))), _centroid(_object_mask(a, m.group(2))))
+        elif r["task"] == "Distance":
+            m = re.search(r"closer to the (\w+) \w+, the (\w+) \w+ or the (\w+) \w+\?", r["question"])
+            ref, x, y = (_centroid(_object_mask(a, m.group(i))) for i in (1, 2, 3))
+            near = m.group(2) if np.hypot(x[0] - ref[0], x[1] - ref[1]) < np.hypot(y[0] - ref[0], y[1] - ref[1]) \
+                else m.group(3)
+            assert chosen.split()[0] == near
+        elif r["task"] == "Depth":
+            other = next(c for c in r["choices"] if c != chosen)
+            closer, farther = _object_mask(a, chosen.split()[0]), _object_mask(a, other.split()[0])
+            assert _extent(closer) > _extent(farther) and _centroid(closer)[1] > _centroid(farther)[1]
+        elif r["task"] == "Count":
+            assert r["question"].startswith("How many ") and chosen.isdigit()
+
+
+# ---------------------------------------------------------------------------------------------------- MixLoRA JSONL sets
+
+
+def test_eval_jsonl_sets_have_the_released_fields(suite):
+    for name in ("cifar10", "cifar100", "mnist", "vsr", "snli_ve", "textvqa"):
+        root = suite / "eval" / name
+        rows = _jsonl(root / "test.jsonl")
+        assert len(rows) == 12 and len({r["unique_id"] for r in rows}) == 12
+        for r in rows:
+            assert {"unique_id", "prompt", "target", "image_path"} <= set(r)
+            assert "<image>" not in r["prompt"] and r["target"]
+            assert (root / r["image_path"]).is_file()
+            if "\nOptions: " in r["prompt"]:
+                listed = re.findall(r"\([a-z]\) (\S+)", r["prompt"].split("\nOptions: ")[1])
+                assert r["target"] in listed and listed == r["options"]
+
+
+def test_eval_label_balance_and_label_sets(suite):
+    manifest = json.loads((suite / "manifest.json").read_text())
+    vsr = collections.Counter(r["target"] for r in _jsonl(suite / "eval/vsr/test.jsonl"))
+    assert vsr == {"True": 6, "False": 6}
+    snli = collections.Counter(r["target"] for r in _jsonl(suite / "eval/snli_ve/test.jsonl"))
+    assert snli == {"entailment": 4, "neutral": 4, "contradiction": 4}
+    assert len(manifest["eval"]["cifar10"]["label_set"]) == 10
+    assert len(manifest["eval"]["cifar100"]["label_set"]) >= 20
+    for name in ("cifar10", "cifar100", "mnist"):
+        labels = set(manifest["eval"][name]["label_set"])
+        assert {r["target"] for r in _jsonl(suite / f"eval/{name}/test.jsonl")} <= labels
+
+
+def test_cifar100_colour_matches_pixels(suite):
+    checked = 0
+    for r in _jsonl(suite / "eval/cifar100/test.jsonl"):
+        a = _pixels(suite / "eval/cifar100" / r["image_path"])
+        if _plain(a):
+            assert _foreground_colors(a) == [r["target"].split()[0]]
+            checked += 1
+    assert checked >= 3
+
+
+def test_vsr_statements_match_pixels(suite):
+    phrases = {"is left of": "left", "is right of": "right", "is above": "above", "is below": "below"}
+    for r in _jsonl(suite / "eval/vsr/test.jsonl"):
+        a = _pixels(suite / "eval/vsr" / r["image_path"])
+        m = re.search(r"The (\w+) \w+ (is left of|is right of|is above|is below) the (\w+) \w+\.", r["prompt"])
+        if not _plain(a):
+            continue
+        holds = _holds(phrases[m.group(2)], _centroid(_object_mask(a, m.group(1))),
+                       _centroid(_object_mask(a, m.group(3))))
+        assert holds == (r["target"] == "True")
+
+
+def test_textvqa_has_ten_answers_with_the_target_as_strict_mode(suite):
+    rows = _jsonl(suite / "eval/textvqa/test.jsonl")
+    for r in rows:
+        assert len(r["answers"]) == 10
+        counts = collections.Counter(r["answers"]).most_common()
+        assert counts[0][0] == r["target"] and (len(counts) == 1 or counts[1][1] < counts[0][1])
+    assert any(len(set(r["answers"])) > 1 for r in rows)  # variation exercises the VQA accuracy rule
+
+
+def test_pope_splits_are_balanced_and_share_positive_questions(suite):
+    root = suite / "eval" / "pope"
+    splits = {s: _jsonl(root / f"{s}.jsonl") for s in ("random", "popular", "adversarial")}
+    positives = {}
+    for split, rows in splits.items():
+        targets = collections.Counter(r["target"] for r in rows)
+        assert targets["yes"] == targets["no"] == len(rows) // 2 and set(targets) == {"yes", "no"}
+        for r in rows:
+            assert re.fullmatch(r"Is there a [a-z]+ in the image\?", r["prompt"])
+            assert (root / r["image_path"]).is_file()
+        by_image = collections.defaultdict(lambda: {"yes": set(), "no": set()})
+        for r in rows:
+            by_image[r["image_path"]][r["target"]].add(r["prompt"])
+        for q in by_image.values():
+            assert len(q["yes"]) == len(q["no"]) == 3 and not q["yes"] & q["no"]
+        positives[split] = {k: v["yes"] for k, v in by_image.items()}
+    assert positives["random"] == positives["popular"] == positives["adversarial"]
+
+
+def test_pope_negative_samplers_follow_pope_definitions():
+    """Hand-made statistics: 'popular' = most frequent absent, 'adversarial' = most co-occurring absent."""
+    import random
+    freq = {s: 0 for s in synthetic.SHAPES}
+    freq.update({"circle": 9, "square": 8, "star": 7, "ring": 1})
+    co = collections.defaultdict(int)
+    co[("circle", "ring")] = 5
+    co[("circle", "diamond")] = 3
+    co[("triangle", "arrow")] = 4
+    neg = synthetic.pope_negatives(["circle", "triangle", "hexagon"], freq, co, random.Random(0))
+    assert neg["popular"] == ["square", "star", "ring"]
+    assert neg["adversarial"] == ["ring", "arrow", "diamond"]
+    assert len(set(neg["random"])) == 3 and not set(neg["random"]) & {"circle", "triangle", "hexagon"}
+
+
+# ---------------------------------------------------------------------------------------------------- zero-shot
+
+
+def test_held_out_sets_are_not_training_tasks(suite, train):
+    task_names = {r["task_name"] for r in train}
+    held_out = {p.name for p in (suite / "eval").iterdir()} | {p.name for p in (suite / "eval/mme").iterdir()}
+    held_out |= {"Count", "Relation", "Depth", "Distance"}
+    for name in task_names:
+        source, task = name.split("+")
+        assert name not in held_out and task not in held_out and task.lower() not in {h.lower() for h in held_out}
+    # No held-out question is ever a training instruction.
+    instructions = {r["conversations"][0]["value"].removesuffix("\n<image>").split("\nOptions: ")[0] for r in train}
+    questions = []
+    for name in ("cifar10", "cifar100", "mnist", "vsr", "snli_ve", "textvqa"):
+        questions += [r["prompt"].split("\nOptions: ")[0] for r in _jsonl(suite / f"eval/{name}/test.jsonl")]
+    for split in ("random", "popular", "adversarial"):
+        questions += [r["prompt"] for r in _jsonl(suite / f"eval/pope/{split}.jsonl")]
+    questions += [r["question"] for r in _jsonl(suite / "eval/cvbench/test.jsonl")]
+    for _, _, pairs in _mme_pairs(suite):
+        questions += [q.removesuffix(" Please answer yes or no.") for q, _ in pairs]
+    assert not instructions & set(questions)
+
+
+def test_manifest_records_counts_closest_tasks_and_reasons(suite, train):
+    m = json.loads((suite / "manifest.json").read_text())
+    assert m["seed"] == 0 and m["image_size"] == 64
+    task_names = {r["task_name"] for r in train}
+    assert set(m["train"]["tasks"]) == task_names
+    assert all(v["records"] == 12 for v in m["train"]["tasks"].values())
+    assert m["stage1"]["records"] == 12
+
+    def check(entry):
+        assert entry["closest_training_tasks"] and set(entry["closest_training_tasks"]) <= task_names
+        assert isinstance(entry["zero_shot_reason"], str) and len(entry["zero_shot_reason"]) > 20
+
+    for name, sub in m["eval"]["mme"]["subtasks"].items():
+        check(sub)
+        assert sub["images"] == len(list((suite / "eval/mme" / name).rglob("*.png")))
+    for task in m["eval"]["cvbench"]["tasks"].values():
+        check(task)
+    for name in ("cifar10", "cifar100", "mnist", "vsr", "snli_ve", "textvqa", "pope"):
+        check(m["eval"][name])
+        assert m["eval"][name]["images"] == len(list((suite / "eval" / name / "images").glob("*.png")))
+    assert m["eval"]["pope"]["records"] == {"random": 12, "popular": 12, "adversarial": 12}
+
+
+# ---------------------------------------------------------------------------------------------------- images, vocabulary
+
+
+def test_every_image_decodes_at_the_requested_size(suite, tmp_path):
+    other = tmp_path / "s96"
+    synthetic.generate_suite(other, seed=2, image_size=96, per_task=1, eval_per_task=6, mme_images=1,
+                             stage1_size=3, progress=False)
+    for root, side in ((suite, 64), (other, 96)):
+        pngs = sorted(root.rglob("*.png"))
+        assert len(pngs) > 30
+        for p in pngs:
+            with Image.open(p) as im:
+                im.load()
+                assert im.size == (side, side) and im.mode == "RGB", p
+
+
+def test_vocabulary_stays_small(suite, train):
+    texts = [c["value"] for r in train for c in r["conversations"]]
+    texts += [c["value"] for r in json.loads((suite / "stage1.json").read_text()) for c in r["conversations"]]
+    for path in (suite / "eval").rglob("*.jsonl"):
+        for r in _jsonl(path):
+            texts += [r.get("prompt", ""), str(r.get("target", "")), " ".join(r.get("answers", []))]
+    words = {w for t in texts for w in re.findall(r"[a-z]+", t.lower())}
+    assert len(words) < 600, len(words)
+
+
+@pytest.mark.slow
+def test_default_sizes(tmp_path):
+    m = synthetic.generate_suite(tmp_path / "full", seed=0, progress=False)
+    assert len(m["train"]["tasks"]) >= 24 and m["train"]["records"] == 150 * len(m["train"]["tasks"])
+    assert all(sub["questions"] == 60 for sub in m["eval"]["mme"]["subtasks"].values())
+    assert m["eval"]["pope"]["records"]["random"] == 150
+    total = sum(p.stat().st_size for p in (tmp_path / "full").rglob("*") if p.is_file())
+    assert total < 40e6, total
