@@ -17,7 +17,8 @@ from typing import Any, Mapping, Optional
 from torch import nn
 
 from .layers import LoRALinear, MixLoRALinear
-from .options import ADAPTER_KINDS, CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_TOKENS, check_choice
+from .options import (ADAPTER_KINDS, CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_SOURCES, ROUTING_TOKENS,
+                      check_choice)
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Path components that are never adapted, whatever the targets say (the paper adapts the LLM only).
@@ -39,7 +40,7 @@ class AdapterConfig:
         alpha: the update is multiplied by alpha / rank.
         dropout: adapter-input dropout.
         num_factors: E, pool size (mixlora only; must exceed rank).
-        cfs, router_grad, routing_tokens, decode_routing: MixLoRA modes (see ``mixlora.options``).
+        cfs, router_grad, routing_tokens, decode_routing, routing_source: MixLoRA modes (``mixlora.options``).
         target_modules: leaf names of the linears to adapt.
         layers: optional [start, end) range of decoder-layer indices to adapt; None = all.
     """
@@ -53,6 +54,7 @@ class AdapterConfig:
     router_grad: str = "none"
     routing_tokens: str = "prompt"
     decode_routing: str = "prefill"
+    routing_source: str = "instance"
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
     layers: Optional[list[int]] = None
 
@@ -84,6 +86,9 @@ class AdapterConfig:
             check_choice("router_grad", self.router_grad, ROUTER_GRAD_MODES)
             check_choice("routing_tokens", self.routing_tokens, ROUTING_TOKENS)
             check_choice("decode_routing", self.decode_routing, DECODE_ROUTING)
+            check_choice("routing_source", self.routing_source, ROUTING_SOURCES)
+            if self.routing_source == "random" and self.router_grad != "none":
+                raise ValueError("routing_source='random' uses no router, so router_grad must be 'none'")
 
     @classmethod
     def released(cls, num_factors: int, rank: int, **overrides: Any) -> "AdapterConfig":
@@ -122,6 +127,7 @@ class AdapterConfig:
         return MixLoRALinear(
             base, self.num_factors, self.rank, self.alpha, self.dropout, cfs=self.cfs,
             router_grad=self.router_grad, routing_tokens=self.routing_tokens, decode_routing=self.decode_routing,
+            routing_source=self.routing_source,
         )
 
     def trains_routers(self) -> bool:

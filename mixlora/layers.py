@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .options import CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_TOKENS, check_choice
+from .options import CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_SOURCES, ROUTING_TOKENS, check_choice
 
 
 def _check_common(base: nn.Module, rank: int, alpha: float, dropout: float) -> None:
@@ -84,9 +84,9 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         z = F.linear(self.dropout(x), self.lora_a.to(x.dtype)) * self.scaling  # [..., r]
-        # addmm fuses the residual add, so no extra [..., d_out] temporary is kept.
-        out = torch.addmm(y.reshape(-1, y.shape[-1]), z.reshape(-1, self.rank), self.lora_b.to(x.dtype))
-        return out.view(y.shape)
+        # In place into the base output (its backward does not need it): no second [..., d_out] buffer.
+        y.view(-1, y.shape[-1]).addmm_(z.reshape(-1, self.rank), self.lora_b.to(x.dtype))
+        return y
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}"
@@ -122,6 +122,7 @@ class MixLoRALinear(nn.Module):
         router_grad: ``"none" | "straight_through"``.
         routing_tokens: ``"prompt" | "all"``; ``"prompt"`` needs a mask from ``mixlora.routing``.
         decode_routing: ``"prefill" | "per_step"``.
+        routing_source: ``"instance" | "task" | "random"`` (the routing ablation; see ``mixlora.options``).
 
     Parameters:
         ``lora_a`` [E, d_in] (row e = a_e, Kaiming-uniform a=√5), ``lora_b`` [E, d_out] (row e = b_e, zeros),
@@ -143,6 +144,7 @@ class MixLoRALinear(nn.Module):
         router_grad: str = "none",
         routing_tokens: str = "prompt",
         decode_routing: str = "prefill",
+        routing_source: str = "instance",
     ):
         super().__init__()
         _check_common(base, rank, alpha, dropout)
@@ -157,6 +159,7 @@ class MixLoRALinear(nn.Module):
         self.router_grad = check_choice("router_grad", router_grad, ROUTER_GRAD_MODES)
         self.routing_tokens = check_choice("routing_tokens", routing_tokens, ROUTING_TOKENS)
         self.decode_routing = check_choice("decode_routing", decode_routing, DECODE_ROUTING)
+        self.routing_source = check_choice("routing_source", routing_source, ROUTING_SOURCES)
         self.base = _frozen(base)
         self.num_factors, self.rank, self.alpha = num_factors, rank, float(alpha)
         self.scaling = self.alpha / rank
@@ -198,6 +201,25 @@ class MixLoRALinear(nn.Module):
             weight = (s_a / s_a.detach()) * (s_b / s_b.detach()) if learn else None
         return Selection(idx_a, idx_b, weight)
 
+    def random_selection(self, batch: int, device: torch.device) -> Selection:
+        """r distinct uniformly random factors per instance for A and for B (the random-routing ablation)."""
+        idx_a = torch.rand(batch, self.num_factors, device=device).topk(self.rank, dim=-1).indices
+        idx_b = torch.rand(batch, self.num_factors, device=device).topk(self.rank, dim=-1).indices
+        return Selection(idx_a, idx_b, None)
+
+    def _route_pooled(self, h: torch.Tensor, state) -> Selection:
+        """Route on pooled inputs ``h`` [B, d_in], taking each row's routing row under task routing."""
+        if self.routing_source == "random":
+            return self.random_selection(h.shape[0], h.device)
+        if self.routing_source == "task":
+            if state is None or state.source_rows is None:
+                raise RuntimeError(
+                    "MixLoRA routing_source='task' routes each instance on its task-definition row: pass "
+                    "`source_rows` (row index per batch row) to `mixlora.routing(model, mask, source_rows=...)`."
+                )
+            h = h[state.source_rows.to(h.device)]
+        return self.route(h)
+
     def cfs_scores(self, idx_a: torch.Tensor) -> torch.Tensor:
         """Conditional Factor Selection term for B, [B, E], given A's chosen indices ``idx_a`` [B, r].
 
@@ -221,16 +243,16 @@ class MixLoRALinear(nn.Module):
                     "`with mixlora.routing(model, mask):`. Wrap the forward in it (and the backward too when "
                     "gradient checkpointing re-runs forwards), or use routing_tokens='all'."
                 )
-            return self.route(x.mean(dim=1))
+            return self._route_pooled(x.mean(dim=1), state)
         if state.is_continuation(x):
             if self.decode_routing == "prefill":
                 return state.cached(self)
-            return self.route(x.mean(dim=1))  # released: re-route on the step's own tokens
+            return self._route_pooled(x.mean(dim=1), state)  # released: re-route on the step's own tokens
         if self.routing_tokens == "prompt":
             h = state.masked_mean(x)
         else:
             h = x.mean(dim=1)
-        selection = self.route(h)
+        selection = self._route_pooled(h, state)
         if self.decode_routing == "prefill":
             state.store(self, selection.detached())
         return selection
@@ -251,11 +273,12 @@ class MixLoRALinear(nn.Module):
             z = z * self.scaling
         else:
             z = z * (self.scaling * sel.weight.to(x.dtype)).unsqueeze(1)
-        return torch.baddbmm(self.base(x), z, b)  # base(x) + z @ B_x, fused
+        # base(x) + z @ B_x, in place into the base output (its backward does not need it): no second buffer.
+        return self.base(x).baddbmm_(z, b)
 
     def extra_repr(self) -> str:
         return (
             f"num_factors={self.num_factors}, rank={self.rank}, alpha={self.alpha:g}, cfs={self.cfs!r}, "
             f"router_grad={self.router_grad!r}, routing_tokens={self.routing_tokens!r}, "
-            f"decode_routing={self.decode_routing!r}"
+            f"decode_routing={self.decode_routing!r}, routing_source={self.routing_source!r}"
         )

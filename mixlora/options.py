@@ -27,6 +27,14 @@ ROUTING_TOKENS = ("prompt", "all")
 #   per_step - each decode forward re-routes on the tokens it is given (one token with a KV cache; released).
 DECODE_ROUTING = ("prefill", "per_step")
 
+# What the routers see (the routing ablation, paper §5.3).
+#   instance - the pooled input of the instance itself (MixLoRA).
+#   task     - the pooled input of another batch row holding the task's definition text (released `task_def`):
+#              `mixlora.routing(model, mask, source_rows=...)` says which row each row routes on.
+#   random   - r random factors per instance, redrawn at every full forward (and at every decode step under
+#              decode_routing="per_step", as released); routers unused.
+ROUTING_SOURCES = ("instance", "task", "random")
+
 
 def check_choice(name: str, value, choices: tuple) -> str:
     """Return ``value`` if it is one of ``choices``; otherwise raise a ValueError naming both."""

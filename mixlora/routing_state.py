@@ -31,7 +31,7 @@ from .layers import MixLoRALinear, Selection
 class RoutingState:
     """Per-context routing information shared by all MixLoRA layers of a model."""
 
-    def __init__(self, mask: Optional[torch.Tensor]):
+    def __init__(self, mask: Optional[torch.Tensor], source_rows: Optional[torch.Tensor] = None):
         if mask is not None:
             if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
                 raise ValueError(f"routing mask must be a [batch, seq] tensor, got {type(mask).__name__} "
@@ -43,7 +43,19 @@ class RoutingState:
                 empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
                 raise ValueError(f"routing mask has no True token for batch rows {empty}; every instance needs "
                                  "at least one prompt token to route on")
+        if source_rows is not None:
+            rows = torch.as_tensor(source_rows)
+            if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
+                raise ValueError("source_rows must be an integer tensor [batch] giving, for each batch row, the row it "
+                                 f"routes on; got {rows.dtype} {tuple(rows.shape)}")
+            n = rows.shape[0]
+            if mask is not None and n != mask.shape[0]:
+                raise ValueError(f"source_rows has {n} rows but the routing mask has {mask.shape[0]}")
+            if not bool(((rows >= 0) & (rows < n)).all()):
+                raise ValueError(f"source_rows values must lie in [0, {n}), got {rows.tolist()}")
+            source_rows = rows
         self.mask = mask
+        self.source_rows = source_rows
         self.full_length: Optional[int] = None if mask is None else mask.shape[1]
         self._cache: dict[int, Selection] = {}
         self._weights: Optional[torch.Tensor] = None  # mask as [B, 1, T] averaging weights, built lazily
@@ -83,13 +95,16 @@ def mixlora_layers(module: nn.Module) -> list[tuple[str, MixLoRALinear]]:
 
 
 @contextmanager
-def routing(module: nn.Module, mask: Optional[torch.Tensor] = None) -> Iterator[RoutingState]:
+def routing(module: nn.Module, mask: Optional[torch.Tensor] = None,
+            source_rows: Optional[torch.Tensor] = None) -> Iterator[RoutingState]:
     """Supply the routing ``mask`` (bool [B, T]) to every MixLoRA layer in ``module``; see the module docstring.
 
     ``mask=None`` is allowed for layers with ``routing_tokens="all"`` (they still get the prefill cache); a
-    ``"prompt"`` layer then raises when called.
+    ``"prompt"`` layer then raises when called. ``source_rows`` (long [B]) is for ``routing_source="task"``:
+    row b routes on the pooled input of row ``source_rows[b]`` (e.g. the batch doubled with task-definition
+    texts, whose rows route on themselves).
     """
-    state = RoutingState(mask)
+    state = RoutingState(mask, source_rows)
     layers = [m for _, m in mixlora_layers(module)]
     previous = [m._routing_state for m in layers]
     for m in layers:

@@ -368,3 +368,56 @@ def test_bad_layer_arguments():
     layer = _mix(routing_tokens="all")
     with pytest.raises(ValueError, match=r"expects input \[batch, seq, 8\]"):
         layer(torch.randn(4, 8))
+
+
+# ----------------------------------------------------------------------------- routing ablation sources
+def test_random_routing_draws_distinct_factors_and_follows_decode_mode():
+    layer = _mix(E=8, r=3, routing_source="random", decode_routing="prefill")
+    x = torch.randn(4, 5, 8)
+    torch.manual_seed(0)
+    with routing(layer, torch.ones(4, 5, dtype=torch.bool)):
+        layer(x)
+        first = layer.last_selection
+        layer(x[:, :1])  # decode step: prefill selection reused
+        assert torch.equal(layer.last_selection[0], first[0])
+    for idx in first:
+        assert all(len(set(row)) == 3 and all(0 <= e < 8 for e in row) for row in idx.tolist())
+    draws = set()
+    for seed in range(5):  # fresh choices per forward: several seeds give several selections
+        torch.manual_seed(seed)
+        with routing(layer, torch.ones(4, 5, dtype=torch.bool)):
+            layer(x)
+        draws.add(tuple(layer.last_selection[0].flatten().tolist()))
+    assert len(draws) > 1
+    layer.decode_routing = "per_step"
+    torch.manual_seed(1)
+    with routing(layer, torch.ones(4, 5, dtype=torch.bool)):
+        layer(x)
+        steps = [layer(x[:, :1]) is not None and layer.last_selection[0].clone() for _ in range(3)]
+    assert not all(torch.equal(steps[0], s) for s in steps[1:])  # released: redrawn at every decode step
+
+
+def test_task_routing_routes_each_row_on_its_definition_row():
+    """Rows 0, 1 (instances of one task) route on row 2 (the task definition); rows 2, 3 on themselves."""
+    task = _mix(cfs="paper", routing_source="task")
+    inst = _mix(cfs="paper", routing_source="instance")
+    inst.load_state_dict(task.state_dict())
+    x = torch.randn(4, 5, 8)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    with routing(task, mask, source_rows=torch.tensor([2, 2, 2, 3])):
+        y = task(x)
+    with routing(inst, mask):
+        inst(x)
+    idx_a, idx_b = task.last_selection
+    ref_a, ref_b = inst.last_selection
+    for row, src in enumerate([2, 2, 2, 3]):
+        assert torch.equal(idx_a[row], ref_a[src]) and torch.equal(idx_b[row], ref_b[src])
+    # the instance's own tokens still flow through the chosen factors
+    a, b = task.lora_a[idx_a[0]], task.lora_b[idx_b[0]]
+    torch.testing.assert_close(y[0], task.base(x[0]) + task.scaling * (x[0] @ a.T) @ b)
+    with pytest.raises(RuntimeError, match="source_rows"):
+        with routing(task, mask):
+            task(x)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        with routing(task, mask, source_rows=torch.tensor([0, 1, 2, 7])):
+            pass

@@ -82,6 +82,8 @@ def test_layer_range_and_lora_kind():
         (dict(num_factors=4, rank=2, cfs="paper2"), "cfs='paper2' is not a valid option"),
         (dict(num_factors=4, rank=2, routing_tokens="answer"), "routing_tokens='answer'"),
         (dict(kind="dora"), "kind='dora'"),
+        (dict(num_factors=4, rank=2, routing_source="tasks"), "routing_source='tasks' is not a valid option"),
+        (dict(num_factors=4, rank=2, routing_source="random", router_grad="straight_through"), "must be 'none'"),
         (dict(num_factors=4, rank=2, target_modules=["q_proj", "qkv_proj"]), r"\['qkv_proj'\] match no nn.Linear"),
         (dict(num_factors=4, rank=2, layers=[5, 9]), "selects none of the target modules"),
         (dict(num_factors=4, rank=2, n_experts=3), r"unknown adapter config key\(s\) \['n_experts'\]"),
