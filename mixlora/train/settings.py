@@ -1,0 +1,214 @@
+"""Validated settings for the ``trainer``, ``data`` and ``logger`` config nodes (configs/{trainer,data,logger}/).
+
+Each node is coerced into a dataclass whose ``__post_init__`` checks every value, so a typo or an impossible
+value fails before any heavy work with a message naming the key, the value and the valid choices. Unknown keys
+are errors too (``coerce``), like :meth:`mixlora.AdapterConfig.coerce`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from mixlora.options import check_choice
+
+STRATEGIES = ("single", "deepspeed")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("cosine", "constant")
+ZERO3_INIT = ("auto", "on", "off")
+LOGGER_BACKENDS = ("wandb",)
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class ConfigError(ValueError):
+    """A configuration or input problem found before training starts; the message names the key and the fix."""
+
+
+def _to_dict(value: Any, node: str) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    except Exception as exc:  # not an OmegaConf node either: say what we got
+        raise ConfigError(f"the {node} config must be a mapping, got {type(value).__name__}") from exc
+
+
+def _coerce(cls, value: Any, node: str):
+    if isinstance(value, cls):
+        return value
+    values = _to_dict(value, node)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {node} config key(s) {unknown}; valid keys: {sorted(known)}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # check_choice raises ValueError: re-label it with the node name
+        raise ConfigError(f"{node}.{err}" if str(err)[:1].isalpha() else f"{node}: {err}") from err
+
+
+def _positive_int(node: str, name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or (allow_zero and value == 0))
+    if not ok:
+        what = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ConfigError(f"{node}.{name} must be {what}{' or null' if allow_none else ''}, got {value!r}")
+
+
+@dataclass
+class TrainerSettings:
+    """The ``trainer`` node: strategy, length, batch, optimiser, schedule, precision, checkpoints, logging.
+
+    Length: the LR schedule spans ``schedule_steps`` optimiser steps if set, else ``epochs`` x steps per epoch;
+    training runs that long unless ``max_steps`` stops it earlier (the schedule is unchanged, so stopping and
+    resuming gives the same run as not stopping).
+
+    Batch: ``global_batch_size = world_size x micro_batch_size x accumulation``; accumulation is derived and the
+    division must be exact.
+
+    ``optimizer`` is a Hydra node with ``_target_`` (a torch optimizer class) and ``_partial_: true``; it is called
+    with two parameter groups (matrices with its ``weight_decay``, 1-D parameters with none).
+    """
+
+    strategy: str = "single"
+    deepspeed_config: Optional[str] = None
+    zero3_init: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    tf32: bool = True
+    epochs: int = 1
+    schedule_steps: Optional[int] = None
+    max_steps: Optional[int] = None
+    global_batch_size: int = 8
+    micro_batch_size: int = 8
+    optimizer: dict = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3})
+    lr_schedule: str = "cosine"
+    warmup_ratio: float = 0.03
+    warmup_steps: Optional[int] = None
+    min_lr_ratio: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    gradient_checkpointing: bool = False
+    save_every: int = 100
+    keep_checkpoints: Optional[int] = 2
+    log_every: int = 10
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        node = "trainer"
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("zero3_init", self.zero3_init, ZERO3_INIT)
+        check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.strategy == "deepspeed" and not self.deepspeed_config:
+            raise ConfigError("trainer.strategy=deepspeed needs trainer.deepspeed_config (e.g. "
+                              "configs/deepspeed/zero2.json); use trainer=zero2 or trainer=zero3")
+        if self.strategy == "single" and self.deepspeed_config:
+            raise ConfigError(f"trainer.deepspeed_config={self.deepspeed_config!r} is set but trainer.strategy=single "
+                              "ignores it; use trainer=zero2/zero3, or set trainer.deepspeed_config=null")
+        _positive_int(node, "epochs", self.epochs)
+        _positive_int(node, "schedule_steps", self.schedule_steps, allow_none=True)
+        _positive_int(node, "max_steps", self.max_steps, allow_none=True)
+        _positive_int(node, "global_batch_size", self.global_batch_size)
+        _positive_int(node, "micro_batch_size", self.micro_batch_size)
+        _positive_int(node, "warmup_steps", self.warmup_steps, allow_none=True, allow_zero=True)
+        _positive_int(node, "save_every", self.save_every, allow_zero=True)
+        _positive_int(node, "keep_checkpoints", self.keep_checkpoints, allow_none=True)
+        _positive_int(node, "log_every", self.log_every)
+        if not (isinstance(self.warmup_ratio, (int, float)) and 0.0 <= self.warmup_ratio < 1.0):
+            raise ConfigError(f"trainer.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0.0 <= self.min_lr_ratio <= 1.0):
+            raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
+                                                   and self.max_grad_norm > 0):
+            raise ConfigError(f"trainer.max_grad_norm must be > 0 or null (no clipping), got {self.max_grad_norm!r}")
+        for flag in ("tf32", "gradient_checkpointing", "progress_bar"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"trainer.{flag} must be true or false, got {getattr(self, flag)!r}")
+        self.optimizer = dict(self.optimizer)
+        if "_target_" not in self.optimizer:
+            raise ConfigError("trainer.optimizer needs a _target_ (e.g. torch.optim.AdamW) and _partial_: true")
+        if self.optimizer.get("_partial_") is not True:
+            raise ConfigError("trainer.optimizer needs `_partial_: true`: the trainer passes the parameter groups")
+        lr = self.optimizer.get("lr")
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+            raise ConfigError(f"trainer.optimizer.lr must be a positive number, got {lr!r}")
+
+    @classmethod
+    def coerce(cls, value: Any) -> "TrainerSettings":
+        return _coerce(cls, value, "trainer")
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer["lr"])
+
+
+@dataclass
+class DataSettings:
+    """The ``data`` node: a Vision-Flan/LLaVA JSON list and its image folder, loaded by ``ConversationDataset``.
+
+    ``generate``: arguments of :func:`mixlora.data.synthetic.generate_suite`; when set and ``annotations`` is
+    missing, the suite is generated into the annotations' folder first. ``max_samples``: train on a seeded random
+    subset. The loader options (template, max_length, overlong, on_error, check_images) are those of
+    :class:`mixlora.data.dataset.ConversationDataset`.
+    """
+
+    annotations: str
+    image_folder: Optional[str] = None
+    template: str = "vicuna_v1"
+    max_length: int = 2048
+    overlong: str = "truncate_answer"
+    on_error: str = "raise"
+    check_images: bool = True
+    max_samples: Optional[int] = None
+    num_workers: int = 0
+    cache_dir: Optional[str] = None
+    generate: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        from mixlora.data.dataset import ON_ERROR, OVERLONG_POLICIES
+        from mixlora.data.templates import TEMPLATES
+
+        if not isinstance(self.annotations, str) or not self.annotations:
+            raise ConfigError(f"data.annotations must be a path to a JSON file, got {self.annotations!r}")
+        check_choice("template", self.template, tuple(TEMPLATES))
+        check_choice("overlong", self.overlong, OVERLONG_POLICIES)
+        check_choice("on_error", self.on_error, ON_ERROR)
+        _positive_int("data", "max_length", self.max_length)
+        _positive_int("data", "max_samples", self.max_samples, allow_none=True)
+        _positive_int("data", "num_workers", self.num_workers, allow_zero=True)
+        if self.generate is not None:
+            self.generate = dict(self.generate)
+
+    @classmethod
+    def coerce(cls, value: Any) -> "DataSettings":
+        return _coerce(cls, value, "data")
+
+
+@dataclass
+class LoggerSettings:
+    """The ``logger`` node: wandb ``mode`` offline (files under output_dir/wandb), online or disabled."""
+
+    backend: str = "wandb"
+    mode: str = "offline"
+    project: str = "mixlora"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, LOGGER_BACKENDS)
+        check_choice("mode", self.mode, WANDB_MODES)
+        self.tags = list(self.tags)
+
+    @classmethod
+    def coerce(cls, value: Any) -> "LoggerSettings":
+        return _coerce(cls, value, "logger")

@@ -1,0 +1,335 @@
+"""Run directories and checkpoints: who owns output_dir, what a checkpoint holds, how it is written atomically.
+
+Run directory (``output_dir``)::
+
+    run.json                       identity of the run: config fingerprint, command line, status, wandb id
+    config.yaml, tokenizer/        resolved config and tokenizer (mixlora.build.save_run layout)
+    adapter_config.json, adapter_model.safetensors, projector.safetensors      final weights (save_run)
+    metrics.jsonl                  one JSON object per logged optimiser step
+    summary.json                   the end-of-run summary
+    checkpoints/step-000100/       a checkpoint (below); only complete ones ever carry this name
+    wandb/                         the wandb run (offline by default)
+    eval/                          written later by eval.py (deleted with the run by overwrite=true)
+    train_rank<r>.log              Hydra's log file per process
+
+Checkpoint ``checkpoints/step-XXXXXX/``: the save_run layout at that step (so ``mixlora.build.load_run`` loads a
+checkpoint like a finished run) plus::
+
+    trainer_state.json             step, data position (epoch, micro-batches consumed in it), tokens, world size,
+                                   the config fingerprint and the scheduled length
+    optimizer.pt, scheduler.pt     single-process runs;  deepspeed/  DeepSpeed runs (per-rank optimiser partitions)
+    rng/rank<r>.pt                 python, numpy, torch (and CUDA) generator states of every rank
+
+Writing goes to ``checkpoints/.tmp-step-XXXXXX`` and ends with one ``os.replace`` onto the final name, so a
+crash at any moment leaves either the previous complete checkpoints or the new one, never a torn folder.
+
+The *fingerprint* is the resolved config minus the keys that may change when a run is continued
+(:data:`RESUMABLE_KEYS`: where it runs, how long, how often it saves and logs); a checkpoint resumes only into
+a run with the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .settings import ConfigError
+
+RUN_FILE = "run.json"
+RUN_FORMAT = "mixlora-run/1"
+STATE_FORMAT = "mixlora-train-state/1"
+CHECKPOINTS = "checkpoints"
+STEP_PREFIX = "step-"
+TRAINER_STATE = "trainer_state.json"
+RNG_DIR = "rng"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+# Files and folders a run writes into output_dir (a folder holding any of them holds a run).
+RUN_OUTPUTS = (RUN_FILE, "config.yaml", "tokenizer", "adapter_config.json", "adapter_model.safetensors",
+               "projector.safetensors", METRICS, SUMMARY, CHECKPOINTS, "wandb", "eval")
+# Keys that may differ between a run and its continuation.
+RESUMABLE_KEYS = ("output_dir", "resume", "overwrite", "logger", "trainer.max_steps", "trainer.save_every",
+                  "trainer.keep_checkpoints", "trainer.log_every", "trainer.progress_bar", "data.num_workers",
+                  "data.cache_dir")
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out if out or not prefix else {prefix: {}}
+    return {prefix: node}
+
+
+def fingerprint(config: dict) -> dict[str, Any]:
+    """The resolved config (a plain dict) flattened to dotted keys, without :data:`RESUMABLE_KEYS`."""
+    flat = _flatten(config)
+    return {k: v for k, v in sorted(flat.items())
+            if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 8) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
+    return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
+# ---------------------------------------------------------------------------------------------- output dir
+@dataclass
+class OutputPlan:
+    """What to do with output_dir: ``mode`` "fresh" or "resume" (from ``checkpoint``); ``wipe``: delete the
+    run outputs found there first (overwrite=true, or a run that died before its first checkpoint)."""
+
+    output_dir: Path
+    mode: str
+    checkpoint: Optional[Path] = None
+    wipe: bool = False
+    note: str = ""
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def read_run_file(output_dir: Path) -> Optional[dict]:
+    path = Path(output_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); pass overwrite=true to replace that run") from err
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+        raise ConfigError(f"{path} is not a {RUN_FORMAT} file; pass overwrite=true to replace that run")
+    return meta
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    path = Path(checkpoint) / TRAINER_STATE
+    if not path.is_file():
+        raise ConfigError(f"resume: {checkpoint} is not a checkpoint folder ({TRAINER_STATE} is missing); pass "
+                          f"resume=true for the latest checkpoint of output_dir, or a folder such as "
+                          f"OUTPUT_DIR/{CHECKPOINTS}/{STEP_PREFIX}000100")
+    state = json.loads(path.read_text())
+    if state.get("format") != STATE_FORMAT:
+        raise ConfigError(f"{path} is not a {STATE_FORMAT} file")
+    return state
+
+
+def plan_output_dir(output_dir: str | os.PathLike, current: dict[str, Any], resume: Any, overwrite: bool) -> OutputPlan:
+    """Decide how output_dir is used, or raise ConfigError (read-only; see the module docstring).
+
+    ``current``: fingerprint of this run's config. ``resume``: False, True or a checkpoint path.
+    """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={str(out)!r} exists and is not a folder; choose another output_dir")
+    if resume not in (False, True) and not isinstance(resume, (str, os.PathLike)):
+        raise ConfigError(f"resume must be true, false or a checkpoint folder, got {resume!r}")
+    if resume is not False and overwrite:
+        raise ConfigError("resume and overwrite are both set: resume continues the run in output_dir, overwrite "
+                          "deletes it; choose one")
+    present = sorted(n for n in RUN_OUTPUTS if (out / n).exists())
+    meta = read_run_file(out) if present else None
+    same = meta is not None and meta.get("fingerprint") == current
+    checkpoints = list_checkpoints(out)
+
+    def differences() -> str:
+        if meta is None:
+            return "its files have no run.json"
+        return "config differs: " + "; ".join(fingerprint_diff(meta.get("fingerprint", {}), current))
+
+    if isinstance(resume, (str, os.PathLike)) and resume is not True:
+        ckpt = Path(resume)
+        state = read_trainer_state(ckpt)
+        if state["fingerprint"] != current:
+            raise ConfigError(f"resume={str(ckpt)!r} was written by a run with another config ("
+                              + "; ".join(fingerprint_diff(state["fingerprint"], current))
+                              + "); resume it with that run's config")
+        if present and not same:
+            raise ConfigError(f"output_dir={str(out)!r} holds a different run ({differences()}); pass another "
+                              "output_dir to continue from the checkpoint there")
+        return OutputPlan(out, "resume", ckpt, note=f"resuming from {ckpt}")
+    if resume is True:
+        if present and not same:
+            raise ConfigError(f"resume=true, but output_dir={str(out)!r} holds a different run ({differences()}). "
+                              "Resume with that run's config, or pass overwrite=true (deletes it) or another output_dir")
+        if checkpoints:
+            return OutputPlan(out, "resume", checkpoints[-1], note=f"resuming from {checkpoints[-1]}")
+        return OutputPlan(out, "fresh", wipe=bool(present),
+                          note="resume=true but no checkpoint yet: starting from step 0")
+    if present:
+        if overwrite:
+            return OutputPlan(out, "fresh", wipe=True, note=f"overwrite=true: replacing the run in {out}")
+        if same:
+            last = f"last checkpoint {checkpoints[-1].name}" if checkpoints else "no checkpoint"
+            raise ConfigError(f"output_dir={str(out)!r} already holds this run ({last}); pass resume=true to continue "
+                              "it, overwrite=true to start it again, or another output_dir")
+        raise ConfigError(f"output_dir={str(out)!r} holds a different run ({differences()}); pass another output_dir, "
+                          "or overwrite=true to delete it")
+    return OutputPlan(out, "fresh")
+
+
+def wipe_run_outputs(output_dir: Path) -> None:
+    """Delete the run outputs (RUN_OUTPUTS) in output_dir; anything else there (logs, user files) stays."""
+    for name in RUN_OUTPUTS:
+        p = Path(output_dir) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def write_json(path: Path, data: Any) -> None:
+    from mixlora.checkpoint import atomic_write
+
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) generator states, in types ``torch.load(weights_only=True)`` accepts."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"name": name, "keys": [int(k) for k in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_rng(checkpoint: Path, rank: int) -> dict:
+    path = Path(checkpoint) / RNG_DIR / f"rank{rank}.pt"
+    if not path.is_file():
+        raise ConfigError(f"{checkpoint} has no RNG state for rank {rank} ({path} is missing): it was written with "
+                          "another number of processes; resume with the same world size")
+    return torch.load(path, weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+@dataclass
+class TrainerState:
+    """Where training stands after ``step`` optimiser steps: the data position is ``epoch`` and the number of
+    micro-batches (per rank) consumed in it, ``batch_in_epoch``."""
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    tokens: int
+    world_size: int
+    total_steps: int
+    elapsed_s: float
+
+    def to_json(self, fingerprint_: dict) -> dict:
+        return {"format": STATE_FORMAT, **asdict(self), "fingerprint": fingerprint_}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainerState":
+        return cls(**{k: data[k] for k in ("step", "epoch", "batch_in_epoch", "tokens", "world_size", "total_steps",
+                                            "elapsed_s")})
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def save_checkpoint(output_dir: Path, state: TrainerState, fingerprint_: dict, dist, backend, write_weights,
+                    keep: Optional[int]) -> Path:
+    """Write checkpoint ``step-XXXXXX`` atomically. Collective: every rank calls it.
+
+    ``write_weights(folder)`` writes the save_run layout (collective under ZeRO-3: it gathers; rank 0 writes).
+    ``backend.save_state(folder)`` writes the optimiser and scheduler (DeepSpeed: every rank its partition).
+    Then every rank writes its RNG state, rank 0 the trainer state, and rank 0 renames the folder into place and
+    keeps the ``keep`` newest checkpoints.
+    """
+    root = Path(output_dir) / CHECKPOINTS
+    final = root / checkpoint_name(state.step)
+    tmp = root / f".tmp-{final.name}"
+    if dist.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a crash during an earlier save
+        (tmp / RNG_DIR).mkdir(parents=True)
+    dist.barrier()
+    write_weights(tmp)
+    backend.save_state(tmp)
+    torch.save(rng_state(), tmp / RNG_DIR / f"rank{dist.rank}.pt")
+    if dist.is_main:
+        write_json(tmp / TRAINER_STATE, state.to_json(fingerprint_))
+    dist.barrier()
+    if dist.is_main:
+        _fsync_tree(tmp)
+        if final.exists():  # a checkpoint of an abandoned trajectory (resumed from an earlier step): replace it
+            stale = root / f".old-{final.name}-{time.time_ns()}"
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale)
+        else:
+            os.replace(tmp, final)
+        if keep is not None:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old)
+    dist.barrier()
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush the files' data to disk before the rename makes the checkpoint visible."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def truncate_metrics(output_dir: Path, step: int) -> None:
+    """Keep only metrics records up to ``step`` (a killed run may have logged steps past its last checkpoint)."""
+    path = Path(output_dir) / METRICS
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record.get("step", 0) <= step:
+                kept.append(line)
+    from mixlora.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in kept)))
