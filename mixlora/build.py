@@ -18,6 +18,8 @@ A run directory holds everything needed to rebuild the trained model::
     RUN/adapter_config.json          mixlora.save_adapter (absent for adapter=none)
     RUN/adapter_model.safetensors
     RUN/projector.safetensors        projector weights (trained in the paper's setup)
+    RUN/model.safetensors            only for full training (model.train_llm=true): the whole model, usable as
+                                     another run's `model.init_checkpoint` (the demo's stage-1 base)
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ TOKENIZER_KINDS = ("local_bpe", "pretrained")
 RUN_CONFIG = "config.yaml"
 RUN_TOKENIZER = "tokenizer"
 RUN_PROJECTOR = "projector.safetensors"
+RUN_MODEL = "model.safetensors"
 
 
 @dataclass
@@ -137,8 +140,11 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
 
 
-def save_run(run_dir: str | Path, stack: Stack, config: Any) -> Path:
-    """Write config, tokenizer, adapter (if injected) and projector into ``run_dir`` (atomic file writes)."""
+def save_run(run_dir: str | Path, stack: Stack, config: Any, full_model: bool = False) -> Path:
+    """Write config, tokenizer, adapter (if injected) and projector into ``run_dir`` (atomic file writes).
+
+    ``full_model``: also write every weight of the model (after full training of the LLM).
+    """
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
@@ -151,6 +157,9 @@ def save_run(run_dir: str | Path, stack: Stack, config: Any) -> Path:
         save_adapter(stack.model.llm, run)
     state = {k: v.detach().contiguous().cpu() for k, v in stack.model.projector_state_dict().items()}
     atomic_write(run / RUN_PROJECTOR, lambda tmp: save_file(state, tmp))
+    if full_model:
+        full = {k: v.detach().contiguous().cpu() for k, v in stack.model.state_dict().items()}
+        atomic_write(run / RUN_MODEL, lambda tmp: save_file(full, tmp))
     return run
 
 
@@ -170,6 +179,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: Opt
     cfg = OmegaConf.load(run / RUN_CONFIG)
     tokenizer = AutoTokenizer.from_pretrained(str(run / RUN_TOKENIZER))
     stack = build_stack(cfg.model, tokenizer)
+    if (run / RUN_MODEL).is_file():
+        load_model_weights(stack.model, run / RUN_MODEL)
     if (run / CONFIG_NAME).is_file():
         load_adapter(stack.model.llm, run)
     if not (run / RUN_PROJECTOR).is_file():

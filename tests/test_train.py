@@ -512,3 +512,33 @@ def test_cli_reports_bad_input_with_exit_status_2(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "train.py: error: adapter: rank=16 must be smaller than num_factors=8" in proc.stderr
     assert not (tmp_path / "data").exists()  # failed before generating the synthetic suite
+
+
+# ---------------------------------------------------------------------------------------------- stage-1 base
+def test_full_llm_training_saves_a_base_that_a_second_stage_starts_from(suite, tmp_path):
+    """model.train_llm=true (adapter=none) trains every LLM weight and writes model.safetensors; a stage-2 run
+    with model.init_checkpoint starts from exactly those weights."""
+    from mixlora.build import load_run
+
+    with pytest.raises(ConfigError, match="combine it with adapter=none"):
+        preflight(compose_config(small(suite, tmp_path / "bad", "model.train_llm=true")))
+    base = tmp_path / "stage1"
+    train(suite, base, "adapter=none", "model.train_llm=true", "trainer.max_steps=3")
+    init = compose_config([])  # the seeded tiny model before training
+    saved = load_file(str(base / "model.safetensors"))
+    stage1, _ = load_run(base)
+    assert torch.equal(saved["llm.lm_head.weight"], stage1.model.llm.lm_head.weight)
+    from transformers import AutoTokenizer
+
+    from mixlora.build import build_stack
+
+    fresh = build_stack(init.model, AutoTokenizer.from_pretrained(str(base / "tokenizer"))).model
+    changed = [k for k, v in fresh.llm.state_dict().items() if not torch.equal(v, saved[f"llm.{k}"])]
+    assert any("layers.0.self_attn.q_proj" in k for k in changed)  # the LLM itself trained
+
+    stage2 = tmp_path / "stage2"
+    train(suite, stage2, "adapter=lora", f"model.init_checkpoint={base / 'model.safetensors'}", "trainer.max_steps=1")
+    run2, _ = load_run(stage2)
+    q = run2.model.llm.model.layers[0].self_attn.q_proj.base.weight
+    assert torch.equal(q, saved["llm.model.layers.0.self_attn.q_proj.weight"])
+    assert not (stage2 / "model.safetensors").exists()

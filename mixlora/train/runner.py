@@ -71,18 +71,22 @@ def _build_tokenizer(plan: Plan):
 def _load_checkpoint_weights(model, checkpoint: Path) -> None:
     from safetensors.torch import load_file
 
-    from mixlora.build import RUN_PROJECTOR
+    from mixlora.build import RUN_MODEL, RUN_PROJECTOR, load_model_weights
     from mixlora.checkpoint import CONFIG_NAME, load_adapter
 
     if (checkpoint / CONFIG_NAME).is_file():
         load_adapter(model.llm, checkpoint)
+    if (checkpoint / RUN_MODEL).is_file():
+        load_model_weights(model, checkpoint / RUN_MODEL)
     model.load_projector_state_dict(load_file(str(checkpoint / RUN_PROJECTOR)))
 
 
-def _saved_params(model) -> list:
-    """The parameters a run saves: adapter pools and routers, and the projector."""
+def _saved_params(model, train_llm: bool) -> list:
+    """The parameters a run saves: adapter pools and routers and the projector (everything under train_llm)."""
     from mixlora.checkpoint import adapter_state_dict
 
+    if train_llm:
+        return list(model.parameters())
     return list(adapter_state_dict(model.llm).values()) + list(model.projector.parameters())
 
 
@@ -128,6 +132,9 @@ def run(cfg: Any, overrides: Optional[list[str]] = None) -> dict:
             inject_adapters(model.llm, plan.adapter)
         except (TypeError, ValueError) as err:  # targets the model does not have, or a non-Linear target
             raise ConfigError(f"adapter.target_modules: {err}") from err
+    train_llm = bool(plan.config["model"].get("train_llm", False))
+    if train_llm:
+        model.llm.requires_grad_(True)  # stage-1 style full training (validated: no adapter)
     if plan.output.mode == "resume":
         _load_checkpoint_weights(model, plan.output.checkpoint)
     counts = count_parameters(model)
@@ -199,12 +206,12 @@ def run(cfg: Any, overrides: Optional[list[str]] = None) -> dict:
         meta["wandb_id"] = metrics.run_id
         write_json(out / RUN_FILE, meta)
     config_node = OmegaConf.create(plan.config)
-    params_to_save = _saved_params(model)
+    params_to_save = _saved_params(model, train_llm)
 
     def write_weights(folder: Path) -> None:
         with backend.gathered(params_to_save):
             if dist.is_main:
-                save_run(folder, Stack(model, tokenizer, stack.image_processor), config_node)
+                save_run(folder, Stack(model, tokenizer, stack.image_processor), config_node, full_model=train_llm)
         dist.barrier()
 
     def checkpoint(st: TrainerState) -> None:

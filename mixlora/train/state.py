@@ -55,7 +55,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 # Files and folders a run writes into output_dir (a folder holding any of them holds a run).
 RUN_OUTPUTS = (RUN_FILE, "config.yaml", "tokenizer", "adapter_config.json", "adapter_model.safetensors",
-               "projector.safetensors", METRICS, SUMMARY, CHECKPOINTS, "wandb", "eval")
+               "projector.safetensors", "model.safetensors", METRICS, SUMMARY, CHECKPOINTS, "wandb", "eval")
 # Keys that may differ between a run and its continuation.
 RESUMABLE_KEYS = ("output_dir", "resume", "overwrite", "logger", "trainer.max_steps", "trainer.save_every",
                   "trainer.keep_checkpoints", "trainer.log_every", "trainer.progress_bar", "data.num_workers",

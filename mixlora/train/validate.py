@@ -217,6 +217,12 @@ def preflight(cfg: Any, world: Optional[int] = None, rank: Optional[int] = None)
     data = DataSettings.coerce(config["data"])
     log = LoggerSettings.coerce(config["logger"])
     adapter = coerce_adapter(config["adapter"])
+    train_llm = config["model"].get("train_llm", False)
+    if not isinstance(train_llm, bool):
+        raise ConfigError(f"model.train_llm must be true or false, got {train_llm!r}")
+    if train_llm and adapter is not None:
+        raise ConfigError("model.train_llm=true trains every LLM weight (stage-1 base / full fine-tuning); "
+                          "combine it with adapter=none, not with an adapter")
     if not isinstance(config.get("seed"), int) or isinstance(config.get("seed"), bool) or config["seed"] < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {config.get('seed')!r}")
     if not isinstance(config.get("overwrite"), bool):
