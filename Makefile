@@ -10,8 +10,10 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed compiles a small communication op on its first start (~50 s); keep it out of $HOME.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install slow-extras test test-all bench data demo clean
+.PHONY: install slow-extras test test-all bench bench-train data train demo clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,12 +38,20 @@ test-all: slow-extras
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) scripts/bench_adapters.py --out results/bench
+	$(PY) scripts/bench_adapters.py --repeats 9 --out results/bench
+
+bench-train: $(STAMP)
+	$(PY) scripts/bench_train.py --out results/bench
 
 data: $(STAMP)
 	$(PY) data/make_synthetic.py --out data/synthetic --seed 0 --overwrite --quiet
 
-demo: bench
+train: $(STAMP)
+	$(PY) train.py
+
+# The CPU mini-reproduction: synthetic suite -> stage-1 base -> LoRA vs MixLoRA -> zero-shot eval -> table.
+demo: $(STAMP)
+	bash scripts/demo.sh runs/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,6 +6,7 @@ A model config (``configs/model/*.yaml``) has three parts::
       kind: local_bpe     #   local_bpe: train a small byte-level BPE on the training corpus (CPU demos/tests)
       vocab_size: 1024    #   pretrained: load the model's own tokenizer from `path`
       path: null
+      corpus: null        # local_bpe: JSON files to train on (null: the run's training annotations)
     builder:              # a Hydra `_target_` returning a LlavaMixModel; it receives the token ids it
       _target_: ...       # declares among vocab_size, image_token_id, pad/bos/eos_token_id
     init_checkpoint: null # optional full-model safetensors loaded after building (e.g. a stage-1 base)
@@ -72,7 +73,8 @@ def build_tokenizer_from_config(tok_cfg: Any, corpus_files: Iterable[str | Path]
         if not tok_cfg.get("path"):
             raise ValueError("model.tokenizer.kind=pretrained needs model.tokenizer.path (a local folder)")
         return load_tokenizer(str(tok_cfg["path"]))
-    texts = list(conversation_texts(corpus_files))
+    # `corpus` in the config (e.g. captions + instructions for a base trained on both) overrides the default files
+    texts = list(conversation_texts(tok_cfg.get("corpus") or corpus_files))
     return build_tokenizer(texts, vocab_size=int(tok_cfg.get("vocab_size", 1024)),
                            save_dir=str(cache_dir) if cache_dir else None)
 

@@ -73,7 +73,7 @@ def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_toke
     ds = ConversationDataset(data.annotations, tokenizer, image_processor, num_image_tokens,
                              image_folder=data.image_folder, template=data.template, max_length=data.max_length,
                              overlong=data.overlong, on_error=data.on_error, check_images=data.check_images,
-                             cache_dir=data.cache_dir)
+                             cache_dir=data.cache_dir, default_task_name=data.default_task_name)
     lengths = list(ds.lengths)
     if data.max_samples is not None and data.max_samples < len(ds):
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[: data.max_samples]

@@ -81,6 +81,24 @@ def _load_checkpoint_weights(model, checkpoint: Path) -> None:
     model.load_projector_state_dict(load_file(str(checkpoint / RUN_PROJECTOR)))
 
 
+def _git_commit() -> Optional[str]:
+    """The code version of this run (None outside a git checkout); a dirty tree is marked."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as err:
+        logger.warning("git commit unknown: %s", err)
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def _saved_params(model, train_llm: bool) -> list:
     """The parameters a run saves: adapter pools and routers and the projector (everything under train_llm)."""
     from mixlora.checkpoint import adapter_state_dict
@@ -255,6 +273,7 @@ def _summary(plan, dist, out, stream, state, start_step, start_tokens, total_ste
     tokens_per_s = (state.tokens - start_tokens) / wall if steps_run and wall > 0 else None
     return {
         "output_dir": str(out),
+        "git_commit": _git_commit(),
         "status": "finished" if state.step == total_steps else "stopped",
         "steps": state.step,
         "steps_this_run": steps_run,

@@ -168,6 +168,7 @@ class DataSettings:
     on_error: str = "raise"
     check_images: bool = True
     max_samples: Optional[int] = None
+    default_task_name: Optional[str] = None  # for records without task_name (captions, LLaVA-665K)
     num_workers: int = 0
     cache_dir: Optional[str] = None
     generate: Optional[dict] = None
