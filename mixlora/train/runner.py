@@ -308,7 +308,7 @@ def format_summary(summary: dict) -> str:
     c = summary["parameters"]
     lines = [
         "─" * 100,
-        f"MixLoRA training {summary['status']}: step {summary['steps']} of {summary['scheduled_steps']} "
+        f"Training {summary['status']}: step {summary['steps']} of {summary['scheduled_steps']} "
         f"({summary['steps_this_run']} in this run; {summary['steps_per_epoch']} steps per epoch)",
         f"  batch      global {summary['global_batch_size']} = {summary['world_size']} process(es) x micro "
         f"{summary['micro_batch_size']} x accumulation {summary['accumulation']}; {summary['strategy']}, "
