@@ -39,7 +39,7 @@ def suite(tmp_path_factory):
     from mixlora.data.synthetic import generate_suite
 
     out = tmp_path_factory.mktemp("synthetic")
-    generate_suite(out, seed=0, per_task=4, eval_per_task=6, mme_images=1, stage1_size=0, progress=False)
+    generate_suite(out, seed=0, per_task=4, eval_per_task=6, mme_images=1, stage1_size=8, progress=False)
     return out
 
 
@@ -107,6 +107,13 @@ def test_every_experiment_runs_a_few_steps(name, suite, tmp_path):
     on_paper_stack = composed.model.builder._target_ != "mixlora.model.tiny.build_tiny_llava"
     extra = ["model=tiny", "data=synthetic", "trainer=single"] if on_paper_stack else []
     overrides = [f"experiment={name}", *extra, *small(suite, tmp_path / "run", "trainer.max_steps=2")]
+    # Files an experiment names under the repo's data/synthetic/ (e.g. the stage-1 captions) come from the
+    # test's own suite, so the smoke run needs no generated data in the checkout.
+    if composed.data.annotations.startswith("data/synthetic/"):
+        overrides.append(f"data.annotations={suite / Path(composed.data.annotations).name}")
+    if composed.model.tokenizer.get("corpus"):
+        files = [str(suite / Path(f).name) for f in composed.model.tokenizer.corpus]
+        overrides.append(f"model.tokenizer.corpus=[{','.join(files)}]")
     summary = run(compose_config(overrides))
     assert summary["steps"] == 2 and math.isfinite(summary["loss_last"])
     if composed.adapter.kind == "none":
