@@ -151,7 +151,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def run_eval(cfg: DictConfig) -> dict:
     """Everything ``python eval.py`` does, for a composed config; returns the summary (eval/metrics.json)."""
-    from mixlora.evaluate import Decoding, evaluate, load_examples
+    from mixlora.evaluate import Decoding, check_task_definitions, evaluate, load_examples, resolve_task_definitions
     from mixlora.options import check_choice
     from mixlora.eval.aggregate import POPE_METRICS
 
@@ -161,11 +161,15 @@ def run_eval(cfg: DictConfig) -> dict:
     tasks = build_tasks(cfg)
     decoding = Decoding.coerce(cfg.decoding)
     examples = load_examples(tasks, cfg.limit, decoding)  # data errors surface before the model is loaded
+    # Task routing: each set's definition, checked before the model is loaded too.
+    definitions = resolve_task_definitions(cfg.task_definitions, cfg.run)
+    if definitions is not None:
+        check_task_definitions(tasks, examples, definitions)
     stack, source = load_stack(cfg)
     out = output_dir(cfg)
     summary = evaluate(stack, tasks, out, decoding, batch_size=int(cfg.batch_size), limit=cfg.limit,
                        overwrite=bool(cfg.overwrite), device=cfg.device, pope_metric=cfg.pope_metric,
-                       source=source, progress=bool(cfg.progress), examples=examples)
+                       source=source, progress=bool(cfg.progress), examples=examples, definitions=definitions)
     logger.info("wrote %s", out / "eval")
     return summary
 

@@ -1,7 +1,8 @@
 """Validate a locally downloaded Vision-Flan release and write a clean annotation file plus reports.
 
     python data/prepare_vision_flan.py --annotations annotation_191-task_1k.json \\
-        --images images_191task_1k/ --out data/vision_flan [--check-images] [--strict]
+        --images images_191task_1k/ --out data/vision_flan [--check-images] [--strict] \\
+        [--definitions vision_flan_definitions.json [--definitions-format auto|json|tsv]]
 
 Every record is checked with the training loader's rules (``mixlora.data.dataset.parse_record``: keys, roles,
 one ``<image>`` tag, non-empty answer) and its image file must exist (``--check-images`` also decodes it).
@@ -10,9 +11,23 @@ Writes into ``--out``:
 - ``annotations.clean.json``: the records that passed, unchanged and in their original order;
 - ``task_index.json``: ``{task_name: {"count": n, "example_instruction": str, "example_answer": str}}``;
 - ``report.json``: counts and every problem ``{"index", "id", "task_name", "image", "kind", "message"}``;
-- ``report.txt``: the same as readable tables.
+- ``report.txt``: the same as readable tables;
+- with ``--definitions TABLE``: ``task_definitions.json`` (``{task_name: definition}``, every entry of the table)
+  for task routing (``adapter.routing_source=task data.task_definitions=data/vision_flan/task_definitions.json``).
 
-Exit status: 0, or 1 with ``--strict`` when any record has a problem. Nothing is downloaded.
+The definitions table (VT-NLP/MixLoRA keeps it as the ``VISION_FLAN_DEF`` dict in ``llava/utils.py``; it cannot be
+downloaded here, so pass a local copy) is read by ``mixlora.data.definitions.read_definitions_table``:
+
+- JSON: an object ``{"task_name": "definition", ...}`` (e.g. that dict written with ``json.dump``) or a list of
+  ``{"task_name": ..., "definition": ...}`` objects;
+- TSV (``.tsv``/``.txt``, or ``--definitions-format tsv``): ``task_name<TAB>definition`` per line, an optional
+  header line ``task_name<TAB>definition``.
+
+Clean tasks without a definition are listed in the reports (``tasks_without_definition``); training with task
+routing refuses them.
+
+Exit status: 0, or 1 with ``--strict`` when any record has a problem or a clean task has no definition. Nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -27,6 +42,8 @@ from tqdm import tqdm
 
 from mixlora.constants import IMAGE_TOKEN
 from mixlora.data.dataset import CORRUPT_IMAGE, MALFORMED, MISSING_IMAGE, RecordError, parse_record
+from mixlora.data.definitions import (DEFINITIONS_FILE, TABLE_FORMATS, DefinitionError, missing_definitions,
+                                      read_definitions_table)
 from mixlora.data.images import IMAGE_ERRORS
 
 
@@ -75,13 +92,17 @@ def _table(rows: list[tuple], header: tuple) -> str:
     return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
 
 
-def write_reports(out: Path, source: str, records: int, clean: list, problems: list, tasks: dict) -> dict:
+def write_reports(out: Path, source: str, records: int, clean: list, problems: list, tasks: dict,
+                  undefined: list | None = None) -> dict:
+    """``undefined``: clean tasks without a definition (None: no --definitions given)."""
     kinds = Counter(p["kind"] for p in problems)
     by_task = defaultdict(Counter)
     for p in problems:
         by_task[p["task_name"]][p["kind"]] += 1
     report = {"annotations": source, "records": records, "clean": len(clean), "problems_by_kind": dict(kinds),
               "tasks": len(tasks), "problems": problems}
+    if undefined is not None:
+        report["definitions"] = {"path": DEFINITIONS_FILE, "tasks_without_definition": undefined}
     (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     text = [f"Vision-Flan check of {source}", f"records: {records}   clean: {len(clean)}   "
             f"problems: {len(problems)}   tasks: {len(tasks)}", ""]
@@ -92,6 +113,8 @@ def write_reports(out: Path, source: str, records: int, clean: list, problems: l
                                             ("task_name", "problems", "kinds")), ""]
         text += ["Problem records", _table([(p["index"], p["task_name"], p["kind"], p["message"]) for p in problems],
                                            ("index", "task_name", "kind", "message")), ""]
+    if undefined:
+        text += [f"Tasks without a definition ({len(undefined)}; task routing refuses them)", *undefined, ""]
     text += ["Tasks (clean records)", _table([(t, e["count"], e["example_instruction"][:60].replace("\n", " "))
                                               for t, e in tasks.items()], ("task_name", "count", "example")), ""]
     (out / "report.txt").write_text("\n".join(text))
@@ -104,7 +127,12 @@ def main(argv=None) -> int:
     parser.add_argument("--images", required=True, help="images_191task_1k/ (records' 'image' are relative to it)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--check-images", action="store_true", help="also decode every image (slow)")
-    parser.add_argument("--strict", action="store_true", help="exit with status 1 if any record has a problem")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 if any record has a problem "
+                        "(or, with --definitions, a clean task has no definition)")
+    parser.add_argument("--definitions", help="the released task-definitions table (JSON or TSV task_name -> "
+                        "text); writes task_definitions.json for task routing")
+    parser.add_argument("--definitions-format", default="auto", choices=TABLE_FORMATS,
+                        help="format of --definitions (auto: .tsv/.txt = tsv, else json)")
     args = parser.parse_args(argv)
 
     source, images = Path(args.annotations), Path(args.images)
@@ -118,16 +146,32 @@ def main(argv=None) -> int:
         parser.error(f"{source} is not valid JSON: {err}")
     if not isinstance(records, list):
         parser.error(f"{source} holds a {type(records).__name__}; expected a JSON list of records")
+    definitions = None
+    if args.definitions is not None:
+        try:  # read before the long validation pass: a bad table fails in seconds
+            definitions = read_definitions_table(args.definitions, args.definitions_format)
+        except (DefinitionError, ValueError) as err:
+            parser.error(f"--definitions: {err}")
 
     clean, problems, tasks = validate(records, images, args.check_images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "annotations.clean.json").write_text(json.dumps(clean, ensure_ascii=False) + "\n")
     (out / "task_index.json").write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
-    report = write_reports(out, str(source), len(records), clean, problems, tasks)
+    undefined = []
+    if definitions is not None:
+        undefined = missing_definitions(tasks, definitions)
+        (out / DEFINITIONS_FILE).write_text(json.dumps(definitions, indent=1, ensure_ascii=False) + "\n")
+    report = write_reports(out, str(source), len(records), clean, problems, tasks,
+                           undefined if definitions is not None else None)
     print(f"{len(records)} records -> {len(clean)} clean, {len(problems)} with problems "
           f"{report['problems_by_kind']}, {len(tasks)} tasks; reports in {out}/report.txt and report.json")
-    return 1 if args.strict and problems else 0
+    if definitions is not None:
+        print(f"{len(definitions)} task definitions -> {out / DEFINITIONS_FILE}; "
+              + (f"{len(undefined)} clean task(s) have none: {', '.join(undefined[:10])}"
+                 + (" ..." if len(undefined) > 10 else "") + " (task routing refuses them: add them to the table)"
+                 if undefined else "every clean task has one"))
+    return 1 if args.strict and (problems or undefined) else 0
 
 
 if __name__ == "__main__":

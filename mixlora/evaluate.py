@@ -17,6 +17,13 @@ For each task (``mixlora.tasks``)::
 
 Then ``OUT/eval/metrics.json`` (all tasks + MMAvg) and ``OUT/eval/results.md``; see ``mixlora.tasks.report``.
 
+Task routing (a run trained with ``adapter.routing_source=task``): every example needs a task definition,
+looked up in ``definitions`` ({key: text}, ``mixlora.data.definitions``) under ``"<task>/<group>"`` then
+``"<task>"`` (``mixlora.tasks.common.definition_keys``: ``mme/existence``, ``cvbench/Count``, ``pope``,
+``textvqa``, ...). Every key is checked before anything is generated. The collator appends one definition row
+per distinct definition of a batch and ``model.generate`` routes each example on its row at prefill (see
+``mixlora.model.llava``); the definition texts used are part of the resume settings.
+
 Decoding is greedy by default. Sampling (``do_sample=True``, the released T = 0.2) reseeds the global RNG before
 every batch from (seed, task, first uid of the batch), so a resumed run draws exactly what an uninterrupted one
 would: batches always restart at a batch boundary because predictions are only written per batch.
@@ -38,7 +45,7 @@ from .checkpoint import atomic_write
 from .data.collator import GenerationCollator
 from .data.templates import encode_segments, expand_image_tokens, get_template, image_token_id_of, render_prompt
 from .options import DECODE_ROUTING, check_choice
-from .tasks.common import PROMPT_MODES, Example, Task, TaskError, jsonable
+from .tasks.common import PROMPT_MODES, Example, Task, TaskError, definition_keys, find_definition, jsonable
 from .tasks.predictions import PredictionFile
 from .tasks.report import results_markdown, summarize
 
@@ -146,31 +153,118 @@ def load_pixels(processor, example: Example, task_name: str = "task") -> torch.T
                         f"({type(err).__name__}: {err}); replace the file or drop the example") from err
 
 
+def task_routed(model: torch.nn.Module) -> bool:
+    """Whether any MixLoRA layer of ``model`` routes on task definitions (``routing_source="task"``)."""
+    from .layers import MixLoRALinear
+
+    return any(isinstance(m, MixLoRALinear) and m.routing_source == "task" for m in model.modules())
+
+
+def check_task_definitions(tasks: Mapping[str, Task], examples: Mapping[str, Sequence[Example]],
+                           definitions: Mapping[str, str], source: str = "the task definitions") -> None:
+    """TaskError unless every example of every task has a definition (keys of ``definition_keys``)."""
+    missing: dict[str, list[str]] = {}
+    for name in tasks:
+        for ex in examples[name]:
+            if find_definition(name, ex, definitions) is None:
+                keys = " or ".join(repr(k) for k in definition_keys(name, ex))
+                missing.setdefault(name, [])
+                if keys not in missing[name]:
+                    missing[name].append(keys)
+    if missing:
+        listed = "; ".join(f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                           for name, keys in missing.items())
+        raise TaskError(f"the model routes on task definitions, but {source} has none for {listed}. Add an entry "
+                        "per key (JSON object key -> definition text; the synthetic suite writes all of its keys) "
+                        "and pass it with task_definitions=PATH (docs/evaluation.md, 'Task routing').")
+
+
+def used_definitions(task: str, examples: Sequence[Example], definitions: Mapping[str, str]) -> dict[str, str]:
+    """{key: text} of the definitions the examples of ``task`` route on (for the resume settings)."""
+    keys = sorted({find_definition(task, ex, definitions) for ex in examples} - {None})
+    return {k: definitions[k] for k in keys}
+
+
+def resolve_task_definitions(path: Optional[str], run: Optional[str]) -> Optional[dict[str, str]]:
+    """The definitions eval.py needs: None for a run that does not route on task definitions (a ``path`` given
+    anyway is an error); for a task-routed run, ``path`` or else the run's ``data.task_definitions``.
+
+    A relative path in the run's config is resolved against the current folder, as train.py resolved it.
+    """
+    from .checkpoint import CONFIG_NAME
+    from .data.definitions import DefinitionError, load_definitions
+
+    routed = False
+    if run is not None and (Path(run) / CONFIG_NAME).is_file():
+        adapter = json.loads((Path(run) / CONFIG_NAME).read_text(encoding="utf-8"))
+        routed = adapter.get("kind") == "mixlora" and adapter.get("routing_source") == "task"
+    if not routed:
+        if path is not None:
+            raise TaskError(f"task_definitions={path} is set, but {'run=null (the base model)' if run is None else run}"
+                            " does not route on task definitions (no adapter with routing_source=task); drop "
+                            "task_definitions")
+        return None
+    if path is None:
+        from omegaconf import OmegaConf
+
+        config = Path(run) / "config.yaml"
+        path = OmegaConf.select(OmegaConf.load(config), "data.task_definitions") if config.is_file() else None
+        if path is None:
+            raise TaskError(f"{run} routes on task definitions (adapter routing_source=task) but its config names no "
+                            "data.task_definitions; pass task_definitions=PATH (a JSON object key -> definition)")
+        if not Path(path).is_file():
+            raise TaskError(f"{run} was trained with data.task_definitions={path}, which does not exist from here "
+                            "(relative paths resolve against the current folder); pass task_definitions=PATH")
+    try:
+        return load_definitions(path)
+    except DefinitionError as err:
+        raise TaskError(f"task_definitions: {err}") from err
+
+
 def _batch_seed(seed: int, task: str, uid: str) -> int:
     return zlib.crc32(f"{seed}/{task}/{uid}".encode("utf-8"))
 
 
 def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max_new_tokens: int,
                      batch_size: int = 8, device: str | torch.device = "cpu", task_name: str = "task",
-                     progress: Optional[tqdm] = None) -> Iterator[list[tuple[Example, str]]]:
-    """Yield ``[(example, prediction)]`` per batch, in order (see the module docstring)."""
+                     progress: Optional[tqdm] = None,
+                     definitions: Optional[Mapping[str, str]] = None) -> Iterator[list[tuple[Example, str]]]:
+    """Yield ``[(example, prediction)]`` per batch, in order (see the module docstring).
+
+    ``definitions``: {key: text} for a task-routed model; each example routes on the definition found by
+    ``find_definition(task_name, example, definitions)``, rendered with ``decoding.template`` (no image).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     model, tokenizer, processor = stack.model, stack.tokenizer, stack.image_processor
     collate = GenerationCollator(tokenizer.pad_token_id)
     n_image = model.num_image_tokens
     kwargs = decoding.generate_kwargs(max_new_tokens, tokenizer)
+    encoder = None
+    if definitions is not None:
+        from .data.definitions import DefinitionEncoder
+
+        encoder = DefinitionEncoder(definitions, tokenizer, decoding.template)
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start : start + batch_size])
         samples = []
         for ex in chunk:
-            samples.append({"input_ids": encode_question(ex.question, tokenizer, decoding.template, n_image),
-                            "pixel_values": load_pixels(processor, ex, task_name)})
+            sample = {"input_ids": encode_question(ex.question, tokenizer, decoding.template, n_image),
+                      "pixel_values": load_pixels(processor, ex, task_name)}
+            if encoder is not None:
+                key = find_definition(task_name, ex, definitions)
+                if key is None:
+                    raise TaskError(f"{task_name}: example {ex.uid!r} has no task definition under "
+                                    f"{' or '.join(map(repr, definition_keys(task_name, ex)))}")
+                sample.update(definition_key=key, definition_ids=encoder(key))
+            samples.append(sample)
         batch = collate(samples)
         torch.manual_seed(_batch_seed(decoding.seed, task_name, chunk[0].uid))
+        extra = {"source_rows": batch["source_rows"].to(device)} if "source_rows" in batch else {}
         new_tokens = model.generate(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-            pixel_values=batch["pixel_values"].to(device), routing_mask=batch["routing_mask"].to(device), **kwargs)
+            pixel_values=batch["pixel_values"].to(device), routing_mask=batch["routing_mask"].to(device),
+            **extra, **kwargs)
         texts = tokenizer.batch_decode(new_tokens.cpu(), skip_special_tokens=True)
         if progress is not None:
             progress.update(len(chunk))
@@ -188,10 +282,12 @@ def prediction_record(example: Example, prediction: str) -> dict:
 def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | Mapping, batch_size: int = 8,
                   limit: Optional[int] = None, overwrite: bool = False, device: str | torch.device = "cpu",
                   source: Optional[dict] = None, progress: bool = True,
-                  examples: Optional[Sequence[Example]] = None) -> dict:
+                  examples: Optional[Sequence[Example]] = None,
+                  definitions: Optional[Mapping[str, str]] = None) -> dict:
     """Generate (resuming), score and write ``out_dir/eval/<task>/{predictions.jsonl,metrics.json}``.
 
     ``examples``: the task's examples if already loaded (``task.examples(limit, decoding.prompts)`` otherwise).
+    ``definitions``: {key: text}, required by (and only accepted for) a model with task routing (module docstring).
     Returns the task's metrics dict: ``{"task", "headline", "scores", "samples", "generated", "reused", "limit",
     "max_new_tokens"}`` (``scores`` = the official scorer's output for the written files).
     """
@@ -201,9 +297,14 @@ def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | M
         examples = task.examples(limit, decoding.prompts)
     if not examples:
         raise TaskError(f"{task.name}: no examples to evaluate")
+    _check_routing(stack.model, definitions)
+    if definitions is not None:
+        check_task_definitions({task.name: task}, {task.name: examples}, definitions)
     max_new = int(decoding.max_new_tokens or task.max_new_tokens)
     settings = {"task": jsonable(task.settings()), "decoding": asdict(decoding), "max_new_tokens": max_new,
                 "batch_size": batch_size, "source": source or {}}
+    if definitions is not None:  # the texts routed on change the answers (absent otherwise: older files match)
+        settings["task_definitions"] = used_definitions(task.name, examples, definitions)
     store = PredictionFile(folder, settings, overwrite=overwrite)
     done = store.load()
     pending = [ex for ex in examples if ex.uid not in done]
@@ -211,7 +312,8 @@ def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | M
     if reused:
         logger.info("%s: resuming, %d of %d examples already predicted", task.name, reused, len(examples))
     with tqdm(total=len(examples), initial=reused, desc=f"eval {task.name}", unit="ex", disable=not progress) as bar:
-        for pairs in generate_answers(stack, pending, decoding, max_new, batch_size, device, task.name, bar):
+        for pairs in generate_answers(stack, pending, decoding, max_new, batch_size, device, task.name, bar,
+                                      definitions=definitions):
             records = [prediction_record(ex, text) for ex, text in pairs]
             store.append(records)
             done.update((r["uid"], r) for r in records)
@@ -221,6 +323,17 @@ def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | M
                "generated": len(pending), "reused": reused, "limit": limit, "max_new_tokens": max_new}
     write_json(folder / METRICS_FILE, metrics)
     return metrics
+
+
+def _check_routing(model: torch.nn.Module, definitions: Optional[Mapping[str, str]]) -> None:
+    routed = task_routed(model)
+    if routed and definitions is None:
+        raise TaskError("the model routes on task definitions (adapter routing_source=task), so every evaluation set "
+                        "needs a definition: pass task_definitions=PATH (eval.py; by default the run's "
+                        "data.task_definitions) or definitions={key: text}")
+    if not routed and definitions is not None:
+        raise TaskError("task definitions were given, but the model does not route on them (no MixLoRA layer with "
+                        "routing_source=task); drop them")
 
 
 def load_examples(tasks: Mapping[str, Task], limit: Optional[int], decoding: Decoding | Mapping) -> dict:
@@ -234,10 +347,13 @@ def evaluate(stack, tasks: Mapping[str, Task], out_dir: str | Path, decoding: De
              batch_size: int = 8, limit: Optional[int] = None, overwrite: bool = False,
              device: str | torch.device = "cpu", pope_metric: str = "f1", source: Optional[dict] = None,
              progress: bool = True, on_task: Optional[Callable[[str, dict], None]] = None,
-             examples: Optional[Mapping[str, Sequence[Example]]] = None) -> dict:
+             examples: Optional[Mapping[str, Sequence[Example]]] = None,
+             definitions: Optional[Mapping[str, str]] = None) -> dict:
     """Evaluate every task in order, then write ``eval/metrics.json`` and ``eval/results.md``; returns the summary.
 
     ``examples``: {task name: its examples} when already read (see :func:`load_examples`).
+    ``definitions``: {key: text} for a model with task routing (module docstring); every task's keys are checked
+    before the first task is generated.
     """
     decoding = Decoding.coerce(decoding)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -247,11 +363,14 @@ def evaluate(stack, tasks: Mapping[str, Task], out_dir: str | Path, decoding: De
         raise TaskError(f"several tasks count as the same MMAvg set ({sorted(sets)}); keep one of each in `tasks`")
     if examples is None:
         examples = load_examples(tasks, limit, decoding)
+    _check_routing(stack.model, definitions)
+    if definitions is not None:
+        check_task_definitions(tasks, examples, definitions)
     stack.model.eval()  # adapter dropout must be off; generate() does not switch modes itself
     per_task, mmavg_inputs = {}, {}
     for name, task in tasks.items():
         metrics = evaluate_task(stack, task, out_dir, decoding, batch_size, limit, overwrite, device, source, progress,
-                                examples=examples[name])
+                                examples=examples[name], definitions=definitions)
         per_task[name] = metrics
         if task.mmavg_set is not None:
             mmavg_inputs[task.mmavg_set] = metrics["scores"]

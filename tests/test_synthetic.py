@@ -660,3 +660,53 @@ def test_default_sizes(tmp_path):
     assert m["eval"]["pope"]["records"]["random"] == 150
     total = sum(p.stat().st_size for p in (tmp_path / "full").rglob("*") if p.is_file())
     assert total < 40e6, total
+
+
+# ---------------------------------------------------------------------------------------------------- task definitions
+
+
+def test_task_definitions_cover_training_tasks_and_held_out_sets(suite, train, tmp_path):
+    table = json.loads((suite / "task_definitions.json").read_text())
+    train_names = [r["task_name"] for r in train]
+    mme = sorted(p.name for p in (suite / "eval/mme").iterdir())
+    cvbench = sorted({r["task"] for r in _jsonl(suite / "eval/cvbench/test.jsonl")})
+    simple = sorted(p.name for p in (suite / "eval").iterdir()
+                    if (p / "test.jsonl").is_file() and p.name != "cvbench")
+    assert cvbench == ["Count", "Depth", "Distance", "Relation"] and len(mme) == 7 and len(simple) == 6
+    expected = (list(dict.fromkeys(train_names)) + [f"mme/{s}" for s in mme] + [f"cvbench/{t}" for t in cvbench]
+                + simple + ["pope"])
+    assert sorted(table) == sorted(expected) and len(table) == 28 + 7 + 4 + 6 + 1
+    assert list(table)[:28] == list(dict.fromkeys(train_names))  # training tasks first, in train.json order
+    texts = list(table.values())
+    assert len(set(texts)) == len(texts)  # one definition per task, none copied
+    for key, text in table.items():
+        words = len(text.split())
+        assert 8 <= words <= 60 and text[0].isupper() and text.rstrip("'").endswith((".", "?")), (key, text)
+    # A yes/no task's definition asks for the answers in the case its records use.
+    for name in dict.fromkeys(train_names):
+        answers = {r["conversations"][1]["value"] for r in train if r["task_name"] == name}
+        if answers <= {"Yes", "No"}:
+            assert "'Yes' or 'No'" in table[name], name
+        elif answers <= {"yes", "no"}:
+            assert "'yes' or 'no' in lower case" in table[name], name
+    m = json.loads((suite / "manifest.json").read_text())
+    assert m["task_definitions"] == {"path": "task_definitions.json", "training_tasks": 28, "eval_keys": 18}
+    # The texts depend on no seed or size.
+    synthetic.generate_suite(tmp_path / "s1", seed=1, image_size=48, per_task=1, eval_per_task=6, mme_images=1,
+                             stage1_size=0, progress=False)
+    assert (tmp_path / "s1/task_definitions.json").read_bytes() == (suite / "task_definitions.json").read_bytes()
+
+
+def test_only_definitions_adds_the_file_to_an_existing_suite(suite, tmp_path):
+    cli = [sys.executable, str(REPO / "data" / "make_synthetic.py")]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "train.json").write_text((suite / "train.json").read_text())  # a suite from before the file existed
+    done = subprocess.run(cli + ["--out", str(old), "--only-definitions"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (old / "task_definitions.json").read_bytes() == (suite / "task_definitions.json").read_bytes()
+    assert sorted(p.name for p in old.iterdir()) == ["task_definitions.json", "train.json"]
+    refused = subprocess.run(cli + ["--out", str(tmp_path / "empty"), "--only-definitions"], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "holds no train.json" in refused.stderr

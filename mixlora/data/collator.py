@@ -14,6 +14,19 @@ Generation batch (``GenerationCollator``), prompts padded on the LEFT so every p
     input_ids, attention_mask, routing_mask (= attention_mask.bool()), pixel_values, and every other
     sample key (task_name, index, record, ...) as a list.
 
+Task-definition rows (task routing, ``mixlora.data.definitions``). When the samples carry ``definition_key``
+(str) and ``definition_ids`` (the definition prompt's ids, no image), both collators append, after the B
+instance rows, one row per distinct key in order of first appearance (K rows, B_total = B + K):
+    input_ids, attention_mask   [B_total, L]  the definition prompt, padded like the instance rows
+    labels                      [B_total, L]  IGNORE_INDEX on every definition row: they add no loss term and
+                                              no token to the loss's denominator (HF's mean over labels != -100)
+    routing_mask                [B_total, L]  every real token of a definition row (it is all prompt)
+    source_rows                 long [B_total]  instance row b -> B + k of its key; definition row B + k -> itself
+    definition_keys             list of K keys
+    pixel_values                [B, 3, H, W]  instance rows only (definition rows hold no image tokens)
+    task_name, index, ...       lists of length B (instance rows only)
+E.g. tasks [a, b, a] -> rows [a0, b1, a2, def_a, def_b], source_rows = [3, 4, 3, 3, 4].
+
 Masks come from the sample lengths, never from comparing ids with pad_token_id (pad may equal unk or eos).
 """
 
@@ -24,6 +37,7 @@ import torch
 from mixlora.constants import IGNORE_INDEX
 
 TRAINING_KEYS = ("input_ids", "attention_mask", "labels", "routing_mask", "pixel_values", "task_name", "index")
+DEFINITION_KEYS = ("definition_key", "definition_ids")
 
 
 def _padded_length(lengths, multiple: int | None) -> int:
@@ -42,8 +56,48 @@ def _check(samples, keys) -> None:
             raise KeyError(f"sample {n} of the batch lacks {missing}; it has {sorted(sample)}")
 
 
+def definition_rows(samples: list[dict]) -> tuple[list[str], list[list[int]], list[int]] | None:
+    """(keys, ids per key, key index per sample) for samples carrying task definitions, or None when none do.
+
+    Every sample must carry both ``definition_key`` and ``definition_ids`` or none of them; samples sharing a key
+    must carry identical ids.
+    """
+    flags = [all(k in s for k in DEFINITION_KEYS) for s in samples]
+    partial = [n for n, s in enumerate(samples) if any(k in s for k in DEFINITION_KEYS) and not flags[n]]
+    if partial:
+        raise KeyError(f"samples {partial} carry only one of {DEFINITION_KEYS}; a task-routed sample needs both")
+    if not any(flags):
+        return None
+    if not all(flags):
+        bare = [n for n, f in enumerate(flags) if not f]
+        raise ValueError(f"samples {bare} carry no task definition while others do; under task routing every "
+                         "sample needs its task's definition (wrap the dataset with TaskDefinitionDataset)")
+    keys: list[str] = []
+    ids: list[list[int]] = []
+    position: dict[str, int] = {}
+    rows = []
+    for n, s in enumerate(samples):
+        key = s["definition_key"]
+        value = [int(t) for t in s["definition_ids"]]
+        if not value:
+            raise ValueError(f"sample {n}: the definition of {key!r} has no tokens")
+        if key not in position:
+            position[key] = len(keys)
+            keys.append(key)
+            ids.append(value)
+        elif ids[position[key]] != value:
+            raise ValueError(f"samples of task {key!r} carry different definition ids; one task has one definition")
+        rows.append(position[key])
+    return keys, ids, rows
+
+
+def _source_rows(batch: int, rows: list[int], n_keys: int) -> torch.Tensor:
+    return torch.tensor([batch + k for k in rows] + [batch + k for k in range(n_keys)], dtype=torch.long)
+
+
 class TrainingCollator:
-    """Right-pad training samples ``{"input_ids", "labels", "pixel_values", "task_name", "index"}``.
+    """Right-pad training samples ``{"input_ids", "labels", "pixel_values", "task_name", "index"}`` (plus
+    ``definition_key``/``definition_ids`` under task routing: see the module docstring).
 
     Args:
         pad_token_id: id written into padding positions (``tokenizer.pad_token_id``).
@@ -58,13 +112,16 @@ class TrainingCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         _check(samples, ("input_ids", "labels", "pixel_values", "task_name", "index"))
+        definitions = definition_rows(samples)
+        keys, extra_ids, rows = definitions if definitions is not None else ([], [], [])
         lengths = [len(s["input_ids"]) for s in samples]
-        width = _padded_length(lengths, self.pad_to_multiple_of)
+        width = _padded_length(lengths + [len(i) for i in extra_ids], self.pad_to_multiple_of)
         batch = len(samples)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
-        routing_mask = torch.zeros((batch, width), dtype=torch.bool)
+        total = batch + len(keys)
+        input_ids = torch.full((total, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((total, width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((total, width), dtype=torch.long)
+        routing_mask = torch.zeros((total, width), dtype=torch.bool)
         for b, (sample, n) in enumerate(zip(samples, lengths)):
             if len(sample["labels"]) != n:
                 raise ValueError(f"sample {b} (task {sample['task_name']!r}, index {sample['index']}) has "
@@ -75,7 +132,12 @@ class TrainingCollator:
             supervised = (labels[b, :n] != IGNORE_INDEX).nonzero()
             first = int(supervised[0]) if len(supervised) else n
             routing_mask[b, :first] = True
-        return {
+        for k, ids in enumerate(extra_ids):  # definition rows: all prompt, no label
+            row, n = batch + k, len(ids)
+            input_ids[row, :n] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, :n] = 1
+            routing_mask[row, :n] = True
+        out = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
@@ -84,10 +146,15 @@ class TrainingCollator:
             "task_name": [s["task_name"] for s in samples],
             "index": [s["index"] for s in samples],
         }
+        if definitions is not None:
+            out["source_rows"] = _source_rows(batch, rows, len(keys))
+            out["definition_keys"] = keys
+        return out
 
 
 class GenerationCollator:
-    """Left-pad prompt-only samples ``{"input_ids", "pixel_values", ...}`` for ``model.generate``.
+    """Left-pad prompt-only samples ``{"input_ids", "pixel_values", ...}`` for ``model.generate`` (plus
+    ``definition_key``/``definition_ids`` under task routing: see the module docstring).
 
     Args:
         pad_token_id: id written into padding positions.
@@ -100,12 +167,15 @@ class GenerationCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         _check(samples, ("input_ids", "pixel_values"))
-        lengths = [len(s["input_ids"]) for s in samples]
+        definitions = definition_rows(samples)
+        keys, extra_ids, rows = definitions if definitions is not None else ([], [], [])
+        sequences = [s["input_ids"] for s in samples] + extra_ids
+        lengths = [len(s) for s in sequences]
         width = max(lengths)
-        input_ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
-        for b, (sample, n) in enumerate(zip(samples, lengths)):
-            input_ids[b, width - n :] = torch.as_tensor(sample["input_ids"], dtype=torch.long)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for b, (ids, n) in enumerate(zip(sequences, lengths)):
+            input_ids[b, width - n :] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[b, width - n :] = 1
         batch = {
             "input_ids": input_ids,
@@ -113,7 +183,10 @@ class GenerationCollator:
             "routing_mask": attention_mask.bool(),
             "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         }
+        if definitions is not None:
+            batch["source_rows"] = _source_rows(len(samples), rows, len(keys))
+            batch["definition_keys"] = keys
         for key in samples[0]:
-            if key not in batch:
+            if key not in batch and key not in DEFINITION_KEYS:
                 batch[key] = [s.get(key) for s in samples]
         return batch

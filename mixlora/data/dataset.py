@@ -329,6 +329,11 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def task_names(self) -> list[str]:
+        """``task_name`` of every sample, in sample order (for checks such as task-definition coverage)."""
+        return list(self._rows["task_name"])
+
     def __getitem__(self, i: int) -> dict:
         n = len(self)
         for attempt in range(self.max_replacements + 1):
@@ -367,6 +372,38 @@ class ConversationDataset(Dataset):
             "task_name": row["task_name"],
             "index": row["index"],
         }
+
+
+class TaskDefinitionDataset(Dataset):
+    """A training dataset whose samples also carry their task's definition, for task routing.
+
+    Each item is the wrapped item plus ``definition_key`` (= its ``task_name``) and ``definition_ids`` (the
+    definition prompt's ids from ``encode``, e.g. a :class:`mixlora.data.definitions.DefinitionEncoder`), so the
+    collators append one definition row per task of a batch (``mixlora.data.collator``).
+
+    Args:
+        dataset: items with ``task_name`` (e.g. :class:`ConversationDataset`).
+        encode: ``encode(task_name) -> list[int]``.
+        task_names: every task name the dataset holds; each is encoded here, up front, so a missing or
+            over-long definition fails before training instead of inside a DataLoader worker.
+    """
+
+    def __init__(self, dataset: Dataset, encode, task_names):
+        self.dataset = dataset
+        self._ids = {name: list(encode(name)) for name in sorted(set(task_names))}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.dataset[i])
+        name = item["task_name"]
+        if name not in self._ids:
+            raise DataError(f"sample {i} has task {name!r}, which was not among the task names given to "
+                            "TaskDefinitionDataset; pass every task name of the dataset")
+        item["definition_key"] = name
+        item["definition_ids"] = self._ids[name]
+        return item
 
 
 class PromptDataset(Dataset):

@@ -11,6 +11,12 @@ Batch contract (see ``mixlora.data``): each ``<image>`` has already been expande
 N = ``vision_tower.num_patches`` consecutive copies of ``image_token_id``, one image per sample (text-only samples
 carry an all-zero image and still hold the N tokens). The model replaces the embeddings at those positions,
 in order, by the projected patch features.
+
+Task routing (``routing_source="task"``, ``mixlora.data.definitions``): the collators append K task-definition
+rows after the B instance rows and give ``source_rows`` (long [B + K]): instance row b -> its definition row
+(>= B), definition row -> itself. Definition rows are text only (no image tokens), so ``pixel_values`` holds
+the B instance images only. Their labels are all IGNORE_INDEX, so the loss (a mean over supervised tokens) is
+that of the instance rows alone; ``generate`` returns the instance rows only.
 """
 
 from __future__ import annotations
@@ -21,10 +27,44 @@ from typing import Any, ContextManager, Optional, Union
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria
 
 import mixlora
 
 from .projector import build_projector, load_llava_projector, load_projector_state, projector_dims
+
+
+def instance_rows(source_rows: torch.Tensor) -> int:
+    """B, the number of instance rows of a task-routed batch laid out as the collators build it (see the module
+    docstring): rows that route on themselves are the trailing definition rows, every earlier row routes on one
+    of them. Raises ValueError naming the rows that break the layout."""
+    rows = torch.as_tensor(source_rows)
+    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"source_rows must be a long tensor [rows], got {rows.dtype} {tuple(rows.shape)}")
+    rows = rows.cpu()  # one small copy instead of a device sync per element below
+    total = rows.shape[0]
+    own = rows == torch.arange(total)
+    batch = int((~own).sum())
+    if batch == 0 or not bool(own[batch:].all()):
+        raise ValueError(f"source_rows {rows.tolist()} is not a task-routed batch: expected the instance rows first, "
+                         "each routing on a later definition row, then the definition rows, each routing on "
+                         "itself (build batches with mixlora.data.collator and task definitions)")
+    bad = [b for b in range(batch) if not batch <= int(rows[b]) < total]
+    if bad:
+        raise ValueError(f"instance rows {bad} of source_rows {rows.tolist()} do not point at a definition row "
+                         f"(rows {batch}..{total - 1})")
+    return batch
+
+
+class _FinishRows(StoppingCriteria):
+    """A generation stopping criterion that marks the given rows finished from the first step: definition rows
+    are only needed at prefill (their routing is cached), so generation ends when the instance rows end."""
+
+    def __init__(self, finished: torch.Tensor):
+        self.finished = finished  # bool [rows]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.finished.to(input_ids.device)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -103,13 +143,29 @@ class LlavaMixModel(nn.Module):
         """Inverse of ``projector_state_dict``; clear errors on key or shape mismatch."""
         load_projector_state(self.projector, state)
 
-    def routing(self, routing_mask: Optional[torch.Tensor]) -> ContextManager:
-        """``mixlora.routing(self.llm, routing_mask)``, or a no-op for None.
+    def task_routed(self) -> bool:
+        """Whether any MixLoRA layer of the LLM routes on task definitions (``routing_source="task"``)."""
+        return any(getattr(m, "routing_source", None) == "task" for m in self.llm.modules()
+                   if isinstance(m, mixlora.MixLoRALinear))
 
-        Wrap ``loss.backward()`` in it too when gradient checkpointing is on: the recomputed forwards route again.
+    def routing(self, routing_mask: Optional[torch.Tensor],
+                source_rows: Optional[torch.Tensor] = None) -> ContextManager:
+        """``mixlora.routing(self.llm, routing_mask, source_rows=source_rows)``, or a no-op when both are None
+        (then an enclosing context, e.g. the training loop's, is the one in force).
+
+        ``source_rows`` (long [B_total]) is required by a task-routed model (see the module docstring): a mask
+        without it is refused here, before any layer runs. Wrap ``loss.backward()`` in the context too when
+        gradient checkpointing is on: the recomputed forwards route again.
         """
+        if routing_mask is not None and source_rows is None and self.task_routed():
+            raise ValueError("this model routes on task definitions (adapter routing_source='task') but no "
+                             "source_rows were given: build the batch with task definitions (train.py: "
+                             "data.task_definitions=PATH; eval.py: task_definitions=PATH) so the collator appends "
+                             "definition rows and returns source_rows")
+        if routing_mask is None and source_rows is None:
+            return nullcontext()
         # Looked up on the package at call time: the public name is stable, the module holding it is not.
-        return nullcontext() if routing_mask is None else mixlora.routing(self.llm, routing_mask)
+        return mixlora.routing(self.llm, routing_mask, source_rows=source_rows)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """Activation checkpointing in the LLM (non-reentrant by default in transformers 5)."""
@@ -128,11 +184,12 @@ class LlavaMixModel(nn.Module):
         return self.projector(features.to(weight.dtype))
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor]) -> torch.Tensor:
-        """Token embeddings [B, L, D_llm] with every image-token position replaced by a patch feature.
+        """Token embeddings [B_total, L, D_llm] with every image-token position replaced by a patch feature.
 
-        Row b's k-th image-token position receives patch k of image b (masked scatter in row-major order).
-        Each row must hold exactly N image tokens, N = ``num_image_tokens``; otherwise a ValueError names
-        the rows. ``pixel_values`` may be None only when no row holds an image token.
+        ``pixel_values`` [B, 3, S, S] holds one image for each of the first B rows (B <= B_total). Row b < B must
+        hold exactly N = ``num_image_tokens`` image tokens and its k-th receives patch k of image b (masked scatter
+        in row-major order); rows b >= B (task-definition rows) are text only and must hold none. Otherwise a
+        ValueError names the rows. ``pixel_values`` may be None only when no row holds an image token.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
@@ -145,11 +202,23 @@ class LlavaMixModel(nn.Module):
                     f"input_ids hold {int(counts.sum())} image tokens (id {self.image_token_id}) but pixel_values is None"
                 )
             return embeds
-        if pixel_values.shape[0] != input_ids.shape[0]:
+        images = pixel_values.shape[0]
+        if images > input_ids.shape[0]:
             raise ValueError(
-                f"pixel_values has {pixel_values.shape[0]} images but input_ids has {input_ids.shape[0]} rows; "
+                f"pixel_values has {images} images but input_ids has {input_ids.shape[0]} rows; "
                 "the batch needs one image per sample (an all-zero image for text-only samples)"
             )
+        if images < input_ids.shape[0]:
+            # Trailing rows without an image: task-definition rows, which must be pure text.
+            text_rows = (counts[images:] != 0).nonzero().flatten()
+            if len(text_rows):
+                rows = (text_rows + images).tolist()
+                raise ValueError(
+                    f"pixel_values has {images} images but input_ids has {input_ids.shape[0]} rows, and rows {rows} "
+                    "after the imaged ones hold image tokens; the batch needs one image per sample (an all-zero "
+                    "image for text-only samples); only task-definition rows, placed last, have no image"
+                )
+            counts = counts[:images]
         n = self.num_image_tokens
         bad = (counts != n).nonzero().flatten().tolist()
         if bad:
@@ -161,7 +230,20 @@ class LlavaMixModel(nn.Module):
                 f"each '<image>' into num_image_tokens={n} copies of the image token."
             )
         features = self.encode_images(pixel_values).to(embeds.dtype)  # [B, N, D]
+        # Image tokens sit in rows < B only (checked above), so row-major order pairs them with images 0..B-1.
         return embeds.masked_scatter(is_image.unsqueeze(-1), features)
+
+    def _check_task_batch(self, source_rows: torch.Tensor, input_ids: torch.Tensor,
+                          pixel_values: Optional[torch.Tensor]) -> int:
+        """B (instance rows) of a task-routed batch; ValueError unless rows, images and layout agree."""
+        if source_rows.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"source_rows has {source_rows.shape[0]} rows but input_ids has {input_ids.shape[0]}")
+        batch = instance_rows(source_rows)
+        if pixel_values is not None and pixel_values.shape[0] != batch:
+            raise ValueError(f"source_rows says {batch} instance rows (then {input_ids.shape[0] - batch} definition "
+                             f"rows) but pixel_values holds {pixel_values.shape[0]} images; pass one image per "
+                             "instance row and none for definition rows")
+        return batch
 
     def _check_mask(self, name: str, mask: Optional[torch.Tensor], input_ids: torch.Tensor) -> None:
         if mask is None and name == "attention_mask":
@@ -177,17 +259,22 @@ class LlavaMixModel(nn.Module):
         pixel_values: Optional[torch.Tensor],
         labels: Optional[torch.Tensor] = None,
         routing_mask: Optional[torch.Tensor] = None,
+        source_rows: Optional[torch.Tensor] = None,
     ):
         """Causal-LM forward; returns the HF output (``loss`` when ``labels`` are given, ``logits`` [B, L, V]).
 
         Shapes: ``input_ids``/``attention_mask``/``labels`` [B, L] long, ``routing_mask`` [B, L] bool,
         ``pixel_values`` [B, 3, S, S]. The loss is HF's: labels shifted by one, IGNORE_INDEX (-100) skipped,
-        mean over supervised tokens. With ``routing_mask`` the LLM runs inside ``mixlora.routing``.
+        mean over supervised tokens. With ``routing_mask`` (and/or ``source_rows``) the LLM runs inside
+        ``mixlora.routing``. Task routing: ``source_rows`` [B_total] and B_total rows (module docstring); the
+        logits then have B_total rows, the definition rows last, and the loss counts the instance rows only.
         """
         for name, mask in (("attention_mask", attention_mask), ("labels", labels), ("routing_mask", routing_mask)):
             self._check_mask(name, mask, input_ids)
+        if source_rows is not None:
+            self._check_task_batch(source_rows, input_ids, pixel_values)
         embeds = self.embed_inputs(input_ids, pixel_values)
-        with self.routing(routing_mask):
+        with self.routing(routing_mask, source_rows):
             return self.llm(
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,
@@ -203,6 +290,7 @@ class LlavaMixModel(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: Optional[torch.Tensor],
         routing_mask: Optional[torch.Tensor] = None,
+        source_rows: Optional[torch.Tensor] = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Batched generation from LEFT-padded prompts; returns only the new tokens [B, T_new].
@@ -212,9 +300,30 @@ class LlavaMixModel(nn.Module):
         Position ids come from the attention mask, so a padded row generates what it would alone. Inside
         ``mixlora.routing(llm, routing_mask)`` the prefill routes on the prompt and decode steps follow each
         layer's ``decode_routing``.
+
+        Task routing (``source_rows`` [B_total], B instance rows then the definition rows; module docstring):
+        the definition rows are part of the prefill batch, where every instance row takes the selection of its
+        definition row; with ``decode_routing="prefill"`` that selection is cached per row and reused by every
+        decode step. The definition rows are marked finished at the first step (a stopping criterion), so
+        generation ends when the instance rows end, and only the B instance rows are returned.
+        ``decode_routing="per_step"`` is refused with task routing: a decode step would re-route the instance
+        on the definition row's newly generated token, which is not its definition.
         """
         for name, mask in (("attention_mask", attention_mask), ("routing_mask", routing_mask)):
             self._check_mask(name, mask, input_ids)
+        batch = None
+        if source_rows is not None:
+            batch = self._check_task_batch(source_rows, input_ids, pixel_values)
+            per_step = [n for n, m in self.llm.named_modules() if isinstance(m, mixlora.MixLoRALinear)
+                        and m.routing_source == "task" and m.decode_routing == "per_step"]
+            if per_step:
+                raise ValueError(
+                    f"{len(per_step)} MixLoRA layers (e.g. {per_step[0]}) route on task definitions with "
+                    "decode_routing='per_step', which would re-route every decode step on the definition row's own "
+                    "new token instead of its definition; generate with decode_routing='prefill' (eval.py: "
+                    "decode_routing=prefill; mixlora.evaluate.set_decode_routing) so the prefill selection made on "
+                    "the definition is reused"
+                )
         if generate_kwargs.get("use_cache", True) is False:
             raise ValueError(
                 "generate() got use_cache=False, but it always uses a KV cache: transformers forces use_cache=True "
@@ -227,8 +336,16 @@ class LlavaMixModel(nn.Module):
                 "build the batch with the generation collator (padding_side='left')"
             )
         embeds = self.embed_inputs(input_ids, pixel_values)
-        with self.routing(routing_mask):
-            return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        if batch is not None and batch < input_ids.shape[0]:
+            from transformers import StoppingCriteriaList
+
+            finished = torch.arange(input_ids.shape[0]) >= batch
+            criteria = StoppingCriteriaList(generate_kwargs.pop("stopping_criteria", None) or [])
+            criteria.append(_FinishRows(finished))
+            generate_kwargs["stopping_criteria"] = criteria
+        with self.routing(routing_mask, source_rows):
+            new_tokens = self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        return new_tokens if batch is None else new_tokens[:batch]
 
 
 def build_llava(

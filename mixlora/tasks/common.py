@@ -91,6 +91,22 @@ class Task(Protocol):
     def settings(self) -> dict: ...
 
 
+def definition_keys(task: str, example: Example) -> list[str]:
+    """Keys under which an example's task definition is looked up (task routing), in order: ``"<task>/<group>"``,
+    ``"<task>"``, then ``"<group>"`` when the example has a group other than the task name (MME subtask, CV-Bench
+    task, POPE split, a seen-task record's training task_name), else ``["<task>"]``. E.g. ``["mme/existence",
+    "mme", "existence"]``, ``["cifar10"]``; ``task`` is the configured task name (``eval/<task>/``). The last key
+    lets held-out instances of a *training* task route on that task's training definition."""
+    if example.group and example.group != task:
+        return [f"{task}/{example.group}", task, example.group]
+    return [task]
+
+
+def find_definition(task: str, example: Example, definitions) -> str | None:
+    """The first of :func:`definition_keys` present in ``definitions`` ({key: text}), or None."""
+    return next((k for k in definition_keys(task, example) if k in definitions), None)
+
+
 def check_prompts(prompts: str) -> str:
     return check_choice("prompts", prompts, PROMPT_MODES)
 

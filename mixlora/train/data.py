@@ -8,6 +8,7 @@ first k index lists of epoch e without loading them. Each epoch is cut to a whol
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -64,10 +65,85 @@ def check_data_paths(data: DataSettings) -> None:
     if data.image_folder is not None and not Path(data.image_folder).is_dir():
         raise ConfigError(f"data.image_folder: image folder {data.image_folder!r} does not exist; set "
                           "data.image_folder to the folder the records' `image` paths are relative to")
+    if data.task_definitions is not None:
+        check_task_definitions(data)
+
+
+def annotation_task_names(path: str | Path, default_task_name: Optional[str] = None) -> list[str]:
+    """The distinct ``task_name`` values of a training JSON list (or JSON Lines) file, sorted; records without
+    one count as ``default_task_name`` when it is set (malformed records are the loader's to report)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"data.annotations: {path} is neither a JSON list nor JSON Lines ({err})") from err
+    if isinstance(records, dict):
+        records = [records]
+    names = set()
+    for record in records if isinstance(records, list) else []:
+        if isinstance(record, dict):
+            name = record.get("task_name", default_task_name)
+            if isinstance(name, str) and name.strip():
+                names.add(name)
+    return sorted(names)
+
+
+def check_task_definitions(data: DataSettings) -> dict[str, str]:
+    """Load ``data.task_definitions`` and check that every task_name of the training file has a definition
+    (ConfigError listing the missing names and the fix); returns {task_name: text}."""
+    from mixlora.data.definitions import DefinitionError, load_definitions, missing_definitions, missing_message
+
+    path = Path(data.task_definitions)
+    if not path.is_file():
+        raise ConfigError(f"data.task_definitions: file {str(path)!r} does not exist. The synthetic suite writes "
+                          "task_definitions.json beside train.json (add it to a suite generated before it did with "
+                          "`python data/make_synthetic.py --out DIR --only-definitions`); for Vision-Flan convert "
+                          "the released table with `data/prepare_vision_flan.py --definitions TABLE`")
+    try:
+        definitions = load_definitions(path)
+    except DefinitionError as err:
+        raise ConfigError(f"data.task_definitions: {err}") from err
+    missing = missing_definitions(annotation_task_names(data.annotations, data.default_task_name), definitions)
+    if missing:
+        raise ConfigError("data.task_definitions: " + missing_message(
+            missing, path, f"task(s) of {data.annotations}",
+            "Task routing routes every instance on its task's definition: add one entry task_name -> definition "
+            "text per missing task to the file (or point data.task_definitions at a complete one)."))
+    return definitions
+
+
+def _task_names_of(dataset: Dataset) -> list[str]:
+    """``task_name`` per sample of a ConversationDataset, through any Subset wrappers."""
+    if isinstance(dataset, Subset):
+        names = _task_names_of(dataset.dataset)
+        return [names[i] for i in dataset.indices]
+    return dataset.task_names
+
+
+def with_task_definitions(dataset: Dataset, data: DataSettings, tokenizer) -> Dataset:
+    """``dataset`` whose samples carry their task's definition prompt (``TaskDefinitionDataset``) when
+    ``data.task_definitions`` is set, so the collator appends definition rows; else ``dataset`` unchanged."""
+    if data.task_definitions is None:
+        return dataset
+    from mixlora.data.dataset import TaskDefinitionDataset
+    from mixlora.data.definitions import DefinitionEncoder, DefinitionError
+
+    definitions = check_task_definitions(data)
+    try:
+        encoder = DefinitionEncoder(definitions, tokenizer, data.template, max_length=data.max_length)
+        return TaskDefinitionDataset(dataset, encoder, _task_names_of(dataset))
+    except DefinitionError as err:
+        raise ConfigError(f"data.task_definitions: {err}") from err
+
+
 
 
 def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_tokens: int, seed: int):
-    """``ConversationDataset`` (+ a seeded subset of ``max_samples``); returns (dataset, lengths)."""
+    """``ConversationDataset`` (+ a seeded subset of ``max_samples``), with each sample's task definition attached
+    when ``data.task_definitions`` is set; returns (dataset, lengths)."""
     from mixlora.data.dataset import ConversationDataset
 
     ds = ConversationDataset(data.annotations, tokenizer, image_processor, num_image_tokens,
@@ -78,8 +154,8 @@ def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_toke
     if data.max_samples is not None and data.max_samples < len(ds):
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[: data.max_samples]
         keep = sorted(keep.tolist())
-        return Subset(ds, keep), [lengths[i] for i in keep]
-    return ds, lengths
+        ds, lengths = Subset(ds, keep), [lengths[i] for i in keep]
+    return with_task_definitions(ds, data, tokenizer), lengths
 
 
 class _Slice(Sampler[list[int]]):

@@ -158,6 +158,10 @@ class DataSettings:
     missing, the suite is generated into the annotations' folder first. ``max_samples``: train on a seeded random
     subset. The loader options (template, max_length, overlong, on_error, check_images) are those of
     :class:`mixlora.data.dataset.ConversationDataset`.
+
+    ``task_definitions``: path of a JSON object task_name -> definition text (``mixlora.data.definitions``), for
+    ``adapter.routing_source=task`` only (and required by it): every task_name of the training file must have
+    one; each micro-batch then gains one definition row per task. null: no definition rows.
     """
 
     annotations: str
@@ -172,6 +176,7 @@ class DataSettings:
     num_workers: int = 0
     cache_dir: Optional[str] = None
     generate: Optional[dict] = None
+    task_definitions: Optional[str] = None
 
     def __post_init__(self) -> None:
         from mixlora.data.dataset import ON_ERROR, OVERLONG_POLICIES
@@ -187,6 +192,10 @@ class DataSettings:
         _positive_int("data", "num_workers", self.num_workers, allow_zero=True)
         if self.generate is not None:
             self.generate = dict(self.generate)
+        if self.task_definitions is not None and (not isinstance(self.task_definitions, str)
+                                                  or not self.task_definitions.strip()):
+            raise ConfigError(f"data.task_definitions must be null or the path of a JSON file task_name -> "
+                              f"definition text, got {self.task_definitions!r}")
 
     @classmethod
     def coerce(cls, value: Any) -> "DataSettings":

@@ -6,8 +6,9 @@ rank >= num_factors, a missing DeepSpeed file or one with ``"auto"``/reserved ke
 divisible by world_size x micro batch, a multi-process launch of the single-process trainer, a CUDA device or
 bf16 that is not available, model paths without weights (LLM folder, CLIP folder, projector, init checkpoint,
 tokenizer folder), target modules the LLM does not have (checked on an empty "meta" copy of a local LLM), and
-an output_dir holding another run (see :mod:`mixlora.train.state`), and a missing training file or image
-folder (unless the synthetic suite is to be generated first; then they are checked right after).
+an output_dir holding another run (see :mod:`mixlora.train.state`), a missing training file or image
+folder (unless the synthetic suite is to be generated first; then they are checked right after), and task
+routing without task definitions (or definitions without task routing, or a training task without one).
 """
 
 from __future__ import annotations
@@ -95,10 +96,31 @@ def coerce_adapter(node: Any):
         adapter = AdapterConfig.coerce(node)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"adapter: {err}") from err
-    if getattr(adapter, "routing_source", "instance") == "task":
-        raise ConfigError("adapter.routing_source=task routes every instance on a task-definition row of its batch, "
-                          "which train.py's data pipeline does not build; use routing_source=instance or random")
     return adapter
+
+
+def check_task_routing(adapter, data: DataSettings) -> None:
+    """``adapter.routing_source=task`` needs ``data.task_definitions`` (and prefill decode routing), and
+    ``data.task_definitions`` is only for it: definition rows that no layer routes on would cost compute for
+    nothing. The file itself is checked with the data paths (:func:`mixlora.train.data.check_task_definitions`)."""
+    task = getattr(adapter, "kind", None) == "mixlora" and adapter.routing_source == "task"
+    if task and data.task_definitions is None:
+        raise ConfigError("adapter.routing_source=task routes every instance on a task-definition row of its batch, "
+                          "built from data.task_definitions, which is null; set data.task_definitions=PATH (a JSON "
+                          "object task_name -> definition text; the synthetic suite writes "
+                          "task_definitions.json beside train.json) or use routing_source=instance or random")
+    if task and adapter.decode_routing != "prefill":
+        raise ConfigError(f"adapter.routing_source=task needs adapter.decode_routing=prefill, got "
+                          f"{adapter.decode_routing!r}: with per-step decode routing a generated token would be "
+                          "routed on the definition row's own new token instead of the definition (refused at "
+                          "evaluation); set adapter.decode_routing=prefill")
+    if not task and data.task_definitions is not None:
+        what = "no adapter" if adapter is None else (
+            f"adapter kind={adapter.kind}" if adapter.kind != "mixlora" else
+            f"adapter.routing_source={adapter.routing_source}")
+        raise ConfigError(f"data.task_definitions is set but {what} does not route on task definitions, so the "
+                          "definition rows added to every batch would be computed and never used; set "
+                          "data.task_definitions=null, or adapter=mixlora adapter.routing_source=task")
 
 
 def resolve_device(trainer: TrainerSettings) -> tuple[str, str]:
@@ -217,12 +239,19 @@ def preflight(cfg: Any, world: Optional[int] = None, rank: Optional[int] = None)
     data = DataSettings.coerce(config["data"])
     log = LoggerSettings.coerce(config["logger"])
     adapter = coerce_adapter(config["adapter"])
+    check_task_routing(adapter, data)
     train_llm = config["model"].get("train_llm", False)
     if not isinstance(train_llm, bool):
         raise ConfigError(f"model.train_llm must be true or false, got {train_llm!r}")
     if train_llm and adapter is not None:
         raise ConfigError("model.train_llm=true trains every LLM weight (stage-1 base / full fine-tuning); "
                           "combine it with adapter=none, not with an adapter")
+    train_vision = config["model"].get("train_vision", False)
+    if not isinstance(train_vision, bool):
+        raise ConfigError(f"model.train_vision must be true or false, got {train_vision!r}")
+    if train_vision and not train_llm:
+        raise ConfigError("model.train_vision=true trains the vision tower from scratch (the tiny stack's stage 1) and "
+                          "is saved only in a full-model run: set model.train_llm=true too")
     if not isinstance(config.get("seed"), int) or isinstance(config.get("seed"), bool) or config["seed"] < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {config.get('seed')!r}")
     if not isinstance(config.get("overwrite"), bool):
