@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="records per held-out set, per CV-Bench task and per POPE split (default 150)")
     parser.add_argument("--mme-images", type=int, default=30, help="images per MME subtask, 2 questions each (default 30)")
     parser.add_argument("--stage1-size", type=int, default=2000, help="stage-one caption records (default 2000)")
+    parser.add_argument("--seen-per-task", type=int, default=30,
+                        help="held-out instances per training task in eval/seen (default 30)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--only-definitions", action="store_true",
                         help="only (re)write task_definitions.json into an existing suite at --out (for suites "
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = generate_suite(args.out, seed=args.seed, image_size=args.image_size, per_task=args.per_task,
                                   eval_per_task=args.eval_per_task, mme_images=args.mme_images,
-                                  stage1_size=args.stage1_size, overwrite=args.overwrite, progress=not args.quiet)
+                                  stage1_size=args.stage1_size, seen_per_task=args.seen_per_task,
+                                  overwrite=args.overwrite, progress=not args.quiet)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))  # exits with status 2 and the message
     train = manifest["train"]

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEVEN = ["textvqa", "vsr", "snli_ve", "cifar10", "cifar100", "mnist", "pope"]
 PAPER_COLUMNS = {"textvqa": "TextVQA", "vsr": "VSR", "snli_ve": "SNLI-VE", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "mnist": "MNIST", "pope": "POPE", "mmavg": "MMAvg", "mme_total": "MME"}
-COLUMNS = ["mme_perception", "mme_cognition", "mme_total", "cvbench", *SEVEN, "mmavg"]
+COLUMNS = ["mme_perception", "mme_cognition", "mme_total", "cvbench", *SEVEN, "mmavg", "seen"]
 
 
 def fail(message: str) -> None:
@@ -74,6 +74,7 @@ def read_run(run: Path) -> dict:
         row[t] = head(t, "f1") if t == "pope" else head(t, "accuracy")
     present = [row[t] for t in SEVEN if row[t] is not None]
     row["mmavg"] = sum(present) / len(present) if len(present) == len(SEVEN) else None
+    row["seen"] = head("seen", "average")  # seen tasks: mean per-task accuracy (Table 2's AVG)
     params = summary.get("parameters")
     if params:
         row.update(trainable=params["all"]["trainable"], total=params["all"]["total"],
@@ -105,7 +106,8 @@ def fmt(value) -> str:
 
 def markdown(rows: list[dict]) -> str:
     header = ["run", "method", "E", "r", "variant", "trainable", "active/inst.", "MME P", "MME C", "MME",
-              "CV-Bench", "TextVQA", "VSR", "SNLI-VE", "CIFAR-10", "CIFAR-100", "MNIST", "POPE F1", "MMAvg", "commit"]
+              "CV-Bench", "TextVQA", "VSR", "SNLI-VE", "CIFAR-10", "CIFAR-100", "MNIST", "POPE F1", "MMAvg", "Seen",
+              "commit"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         paper = paper_row(r)
@@ -113,11 +115,13 @@ def markdown(rows: list[dict]) -> str:
         lines.append("| " + " | ".join([r["run"], r["method"], fmt(r["E"]), fmt(r["r"]), r["variant"],
                                          fmt(r["trainable"]), fmt(r["active"]), fmt(r["mme_perception"]),
                                          fmt(r["mme_cognition"]), cell("mme_total"), fmt(r["cvbench"]),
-                                         *[cell(t) for t in SEVEN], cell("mmavg"), fmt(r["git_commit"])]) + " |")
+                                         *[cell(t) for t in SEVEN], cell("mmavg"), fmt(r["seen"]),
+                                         fmt(r["git_commit"])]) + " |")
     notes = ["", "MME in points (perception max 2000, cognition max 800; the synthetic suite has 6 perception and 1 "
              "cognition subtask), everything else percent; POPE is the mean F1 over its three splits; MMAvg = mean of "
              "the seven sets (MME excluded), as the paper defines it. In parentheses: the paper's Table 1 value, only "
-             "for runs of the paper's stack. 'active/inst.': trainable parameters one instance uses (r of E factors)."]
+             "for runs of the paper's stack. 'active/inst.': trainable parameters one instance uses (r of E factors). "
+             "Seen: fresh instances of the training tasks, mean of the per-task accuracies (Table 2's AVG)."]
     return "\n".join(lines + notes) + "\n"
 
 

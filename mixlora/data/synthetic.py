@@ -1700,8 +1700,8 @@ def _check_int(name: str, value, lo: int, hi: int, hint: str) -> int:
 
 
 def generate_suite(out_dir: str | Path, seed: int = 0, image_size: int = 64, per_task: int = 150,
-                   eval_per_task: int = 150, mme_images: int = 30, stage1_size: int = 2000, overwrite: bool = False,
-                   progress: bool = True) -> dict:
+                   eval_per_task: int = 150, mme_images: int = 30, stage1_size: int = 2000, seen_per_task: int = 30,
+                   overwrite: bool = False, progress: bool = True) -> dict:
     """Generate the whole suite under ``out_dir`` and return the manifest (also written to manifest.json).
 
     Args:
@@ -1714,6 +1714,7 @@ def generate_suite(out_dir: str | Path, seed: int = 0, image_size: int = 64, per
             task and per POPE split (POPE uses eval_per_task // 6 images with 6 questions each).
         mme_images: images per MME subtask (two questions each).
         stage1_size: alignment records in stage1.json.
+        seen_per_task: held-out instances per training task in eval/seen (``mixlora.data.seen``; Table 2's analogue).
         progress: show a tqdm bar.
     """
     _check_int("image_size", image_size, 48, 512, "64 matches the tiny model: patch 8 -> 64 image tokens")
@@ -1721,6 +1722,7 @@ def generate_suite(out_dir: str | Path, seed: int = 0, image_size: int = 64, per
     _check_int("eval_per_task", eval_per_task, 6, 100_000, "POPE needs at least 6 questions per split")
     _check_int("mme_images", mme_images, 1, 10_000, "images per MME subtask")
     _check_int("stage1_size", stage1_size, 0, 1_000_000, "alignment records")
+    _check_int("seen_per_task", seen_per_task, 1, 100_000, "held-out instances per training task")
     _check_int("seed", seed, 0, 2**63 - 1, "any non-negative integer")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -1750,6 +1752,9 @@ def generate_suite(out_dir: str | Path, seed: int = 0, image_size: int = 64, per
         for name in SIMPLE_SETS:
             eval_info[name] = write_simple_set(out, seed, image_size, name, eval_per_task, bar)
         eval_info["pope"] = write_pope(out, seed, image_size, pope_images, bar)
+    from mixlora.data.seen import write_seen  # imports this module: a top-level import would be circular
+
+    eval_info["seen"] = write_seen(out, seed, image_size, seen_per_task, progress=progress)
     definitions = write_task_definitions(out)
     manifest = {
         "generator": "mixlora.data.synthetic",

@@ -246,12 +246,6 @@ def preflight(cfg: Any, world: Optional[int] = None, rank: Optional[int] = None)
     if train_llm and adapter is not None:
         raise ConfigError("model.train_llm=true trains every LLM weight (stage-1 base / full fine-tuning); "
                           "combine it with adapter=none, not with an adapter")
-    train_vision = config["model"].get("train_vision", False)
-    if not isinstance(train_vision, bool):
-        raise ConfigError(f"model.train_vision must be true or false, got {train_vision!r}")
-    if train_vision and not train_llm:
-        raise ConfigError("model.train_vision=true trains the vision tower from scratch (the tiny stack's stage 1) and "
-                          "is saved only in a full-model run: set model.train_llm=true too")
     if not isinstance(config.get("seed"), int) or isinstance(config.get("seed"), bool) or config["seed"] < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {config.get('seed')!r}")
     if not isinstance(config.get("overwrite"), bool):
