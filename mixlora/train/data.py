@@ -8,6 +8,7 @@ first k index lists of epoch e without loading them. Each epoch is cut to a whol
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -139,11 +140,33 @@ def with_task_definitions(dataset: Dataset, data: DataSettings, tokenizer) -> Da
         raise ConfigError(f"data.task_definitions: {err}") from err
 
 
+def select_tasks(task_names: list[str], patterns: list[str], source: str = "the training set") -> list[int]:
+    """Positions ``i`` whose ``task_names[i]`` matches at least one of ``patterns`` (``data.tasks``).
+
+    Matching is :func:`fnmatch.fnmatchcase` on lower-cased strings: shell wildcards (``*``, ``?``, ``[...]``),
+    otherwise the whole name must be equal, ignoring case. A pattern that matches no sample is a ConfigError
+    naming the tasks that are there: a typo would otherwise silently train on fewer tasks than intended.
+    """
+    names = [n.lower() for n in task_names]
+    keep: set[int] = set()
+    unmatched = []
+    for pattern in patterns:
+        hits = [i for i, n in enumerate(names) if fnmatch.fnmatchcase(n, pattern.lower())]
+        if not hits:
+            unmatched.append(pattern)
+        keep.update(hits)
+    if unmatched:
+        available = sorted(set(task_names))
+        shown = ", ".join(available[:40]) + (f", ... ({len(available)} tasks)" if len(available) > 40 else "")
+        raise ConfigError(f"data.tasks: pattern(s) {unmatched} match no task_name in {source}; tasks there: "
+                          f"{shown}. Fix the pattern (shell wildcards such as 'coco+*', case-insensitive) or "
+                          "set data.tasks=null to train on every task")
+    return sorted(keep)
 
 
 def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_tokens: int, seed: int):
-    """``ConversationDataset`` (+ a seeded subset of ``max_samples``), with each sample's task definition attached
-    when ``data.task_definitions`` is set; returns (dataset, lengths)."""
+    """``ConversationDataset``, restricted to ``data.tasks`` (if set), then a seeded subset of ``max_samples``,
+    with each sample's task definition attached when ``data.task_definitions`` is set; returns (dataset, lengths)."""
     from mixlora.data.dataset import ConversationDataset
 
     ds = ConversationDataset(data.annotations, tokenizer, image_processor, num_image_tokens,
@@ -151,6 +174,10 @@ def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_toke
                              overlong=data.overlong, on_error=data.on_error, check_images=data.check_images,
                              cache_dir=data.cache_dir, default_task_name=data.default_task_name)
     lengths = list(ds.lengths)
+    if data.tasks is not None:
+        chosen = select_tasks(ds.task_names, data.tasks, source=data.annotations)
+        logger.info("data.tasks=%s: %d of %d samples", data.tasks, len(chosen), len(ds))
+        ds, lengths = Subset(ds, chosen), [lengths[i] for i in chosen]
     if data.max_samples is not None and data.max_samples < len(ds):
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[: data.max_samples]
         keep = sorted(keep.tolist())

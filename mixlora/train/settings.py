@@ -159,6 +159,12 @@ class DataSettings:
     subset. The loader options (template, max_length, overlong, on_error, check_images) are those of
     :class:`mixlora.data.dataset.ConversationDataset`.
 
+    ``tasks``: train only on samples whose ``task_name`` matches one of these shell-style patterns (``*``, ``?``,
+    ``[...]``; case-insensitive, since Vision-Flan mixes ``coco+...`` and ``INATURALIST+...``), e.g.
+    ``[scienceqa+question_answering]`` or ``["coco+*"]`` (the per-task LoRA specialists of the paper's Table 2).
+    null: every task. Every pattern must match at least one sample (:func:`mixlora.train.data.select_tasks`);
+    the filter is applied before ``max_samples``.
+
     ``task_definitions``: path of a JSON object task_name -> definition text (``mixlora.data.definitions``), for
     ``adapter.routing_source=task`` only (and required by it): every task_name of the training file must have
     one; each micro-batch then gains one definition row per task. null: no definition rows.
@@ -172,6 +178,7 @@ class DataSettings:
     on_error: str = "raise"
     check_images: bool = True
     max_samples: Optional[int] = None
+    tasks: Optional[list] = None
     default_task_name: Optional[str] = None  # for records without task_name (captions, LLaVA-665K)
     num_workers: int = 0
     cache_dir: Optional[str] = None
@@ -190,6 +197,17 @@ class DataSettings:
         _positive_int("data", "max_length", self.max_length)
         _positive_int("data", "max_samples", self.max_samples, allow_none=True)
         _positive_int("data", "num_workers", self.num_workers, allow_zero=True)
+        if self.tasks is not None:
+            bad = isinstance(self.tasks, str) or not isinstance(self.tasks, (list, tuple)) or not self.tasks
+            if bad or not all(isinstance(t, str) and t.strip() for t in self.tasks):
+                raise ConfigError(f"data.tasks must be null or a non-empty list of task-name patterns, e.g. "
+                                  f"data.tasks=[scienceqa+question_answering] or data.tasks=['coco+*'], got "
+                                  f"{self.tasks!r}")
+            self.tasks = list(self.tasks)
+            lowered = [t.lower() for t in self.tasks]
+            twice = sorted({t for t in self.tasks if lowered.count(t.lower()) > 1})
+            if twice:
+                raise ConfigError(f"data.tasks lists {twice} more than once; list each pattern once")
         if self.generate is not None:
             self.generate = dict(self.generate)
         if self.task_definitions is not None and (not isinstance(self.task_definitions, str)
