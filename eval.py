@@ -131,8 +131,13 @@ def load_stack(cfg: DictConfig):
         source = {"run": None, "model": model_cfg["builder"]["_target_"]}
     source["model_config"] = _digest(model_cfg)
     adapter = getattr(stack.model.llm, "mixlora_adapter_config", None)
-    source["adapter"] = (f"{adapter.kind} E={adapter.num_factors} r={adapter.rank} "
-                         f"decode_routing={adapter.decode_routing}") if adapter is not None else "none"
+    if adapter is None:
+        source["adapter"] = "none"
+    elif adapter.kind == "lora":  # LoRA has no factor pool or routing: E and decode_routing do not apply
+        source["adapter"] = f"lora r={adapter.rank}"
+    else:
+        source["adapter"] = (f"{adapter.kind} E={adapter.num_factors} r={adapter.rank} "
+                             f"decode_routing={adapter.decode_routing}")
     if cfg.decode_routing is not None:
         from mixlora.evaluate import set_decode_routing
 
