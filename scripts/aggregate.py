@@ -36,10 +36,15 @@ def fail(message: str) -> None:
 def describe_adapter(adapter: dict) -> dict:
     kind = adapter.get("kind", "none")
     if kind == "mixlora":
-        released = (adapter.get("cfs"), adapter.get("routing_tokens"), adapter.get("decode_routing")) == (
-            "released", "all", "per_step")
-        variant = "released" if released else "corrected"
-        if adapter.get("cfs") == "none":
+        # The variant is decided by the CFS formula and the routing tokens; IFS-only (cfs none) belongs to either.
+        cfs, tokens, decode = adapter.get("cfs"), adapter.get("routing_tokens"), adapter.get("decode_routing")
+        if tokens == "all" and cfs in ("released", "none"):
+            variant = "released" + (", prefill decoding" if decode == "prefill" else "")
+        elif tokens == "prompt" and cfs in ("paper", "none"):
+            variant = "corrected" + (", per-step decoding" if decode == "per_step" else "")
+        else:
+            variant = f"custom (cfs {cfs}, routing tokens {tokens}, decoding {decode})"
+        if cfs == "none":
             variant += ", IFS only"
         if adapter.get("routing_source", "instance") != "instance":
             variant += f", {adapter['routing_source']} routing"

@@ -39,11 +39,16 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def collect(runs_dir: Path) -> tuple[list[dict], dict[str, dict]]:
+def collect(runs_dir: Path, skip_incomplete: bool = False) -> tuple[list[dict], dict[str, dict]]:
     runs, rows = [], {}
     folders = sorted(p for p in runs_dir.iterdir() if p.is_dir() and NAME.match(p.name)) if runs_dir.is_dir() else []
     if not folders:
         sys.exit(f"mini_table.py: no <row>_s<seed> run folders in {runs_dir}; run scripts/mini_table.sh first")
+    if skip_incomplete:
+        missing = [f.name for f in folders if not (f / "eval" / "metrics.json").is_file()]
+        if missing:
+            print(f"mini_table.py: skipping runs without eval/metrics.json: {', '.join(missing)}", file=sys.stderr)
+        folders = [f for f in folders if f.name not in missing]
     for folder in folders:
         m = NAME.match(folder.name)
         r = read_run(folder)
@@ -148,8 +153,10 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--command", default=None, help="the command that produced the runs (recorded in the outputs)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--skip-incomplete", action="store_true",
+                   help="leave out runs not evaluated yet (a table while scripts/mini_table.sh is still running)")
     a = p.parse_args(argv)
-    runs, table = collect(a.runs)
+    runs, table = collect(a.runs, a.skip_incomplete)
     checks = claims(table)
     a.out.mkdir(parents=True, exist_ok=True)
     result = {"command": a.command, "rows": table, "claims": checks, "runs": runs}

@@ -66,3 +66,20 @@ def test_unevaluated_run_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         agg.main([str(tmp_path / "run"), "--out", str(tmp_path / "o")])
     assert "evaluate it first" in capsys.readouterr().err
+
+
+def test_variant_labels_follow_the_cfs_formula_and_routing_tokens():
+    describe = _aggregate().describe_adapter
+    mix = lambda **kw: {"kind": "mixlora", "num_factors": 8, "rank": 2, **kw}  # noqa: E731
+    released = dict(cfs="released", routing_tokens="all", decode_routing="per_step")
+    corrected = dict(cfs="paper", routing_tokens="prompt", decode_routing="prefill")
+    assert describe(mix(**released))["variant"] == "released"
+    assert describe(mix(**corrected))["variant"] == "corrected"
+    # IFS only (no CFS) of either variant, and the released task-routing row (decodes with the prefill selection)
+    assert describe(mix(**{**released, "cfs": "none"}))["variant"] == "released, IFS only"
+    assert describe(mix(**{**corrected, "cfs": "none"}))["variant"] == "corrected, IFS only"
+    assert describe(mix(**{**released, "decode_routing": "prefill", "routing_source": "task"}))["variant"] == \
+        "released, prefill decoding, task routing"
+    assert describe(mix(**{**corrected, "routing_source": "random"}))["variant"] == "corrected, random routing"
+    assert describe(mix(**{**corrected, "routing_tokens": "all"}))["variant"].startswith("custom (cfs paper")
+    assert describe({"kind": "lora", "rank": 4}) == {"method": "LoRA", "E": None, "r": 4, "variant": ""}

@@ -262,7 +262,7 @@ def test_data_tasks_setting_is_validated(tasks, message):
 
 def test_a_task_pattern_matching_nothing_stops_training_with_the_task_names(suite, tmp_path):
     with pytest.raises(ConfigError, match=r"\['PACS\+\*'\] match no task_name .* SynthCaptions\+caption_matching"):
-        run(compose_config(tiny(suite, tmp_path / "run", "t1_lora_r4", "+data.tasks=['PACS+*']",
+        run(compose_config(tiny(suite, tmp_path / "run", "t1_lora_r4", "data.tasks=['PACS+*']",
                                 "trainer.max_steps=1")))
 
 
@@ -526,9 +526,8 @@ def test_table_script_runs_every_row_end_to_end_on_the_tiny_stack(name, suite, s
         assert table[row]["method"] == {"lora": "LoRA", "mixlora": "MixLoRA"}[adapter.kind]
         assert table[row]["r"] == str(adapter.rank)
         if adapter.kind == "mixlora":
-            # Not checked: the released/corrected label. aggregate.py calls a run "released" only when cfs,
-            # routing_tokens and decode_routing all have their released values, so the released IFS-only rows
-            # (cfs=none) and the released task-routing row (prefill decoding) read "corrected" there.
+            variant = "released" if adapter.routing_tokens == "all" else "corrected"
+            assert table[row]["variant"].startswith(variant), row
             assert ("IFS only" in table[row]["variant"]) == (adapter.cfs == "none"), row
             assert (f"{adapter.routing_source} routing" in table[row]["variant"]) == (
                 adapter.routing_source != "instance"), row
