@@ -21,6 +21,7 @@ STAGE1_STEPS=${STAGE1_STEPS:-1000}
 STAGE2_STEPS=${STAGE2_STEPS:-500}
 LR=${LR:-5e-3}
 EVAL_LIMIT=${EVAL_LIMIT:-null}
+EVAL_TASKS=mme,cvbench,pope,textvqa,vsr,snli_ve,cifar10,cifar100,mnist,seen
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 COMMON=(logger=disabled overwrite=true trainer.progress_bar=false)
 
@@ -42,7 +43,7 @@ done
 
 for run in base tiny_lora_r4 tiny_mixlora_e8_r4; do
   echo "== 4/5 zero-shot evaluation: $run"
-  $PY eval.py run="$OUT/$run" limit="$EVAL_LIMIT" overwrite=true > "$OUT/$run.eval.log" 2>&1 || { tail -20 "$OUT/$run.eval.log"; exit 1; }
+  $PY eval.py run="$OUT/$run" limit="$EVAL_LIMIT" overwrite=true "tasks=[$EVAL_TASKS]" > "$OUT/$run.eval.log" 2>&1 || { tail -20 "$OUT/$run.eval.log"; exit 1; }
 done
 
 echo "== 5/5 table and plots"

@@ -11,8 +11,9 @@
 # run on data/synthetic/stage2.json and an evaluation (held-out sets + seen tasks, EVAL_LIMIT per group).
 # Rows (alpha = 2r for LoRA and corrected MixLoRA, i.e. the same multiplier 2; alpha = 2E for released):
 #   lora_r{2,4,8}                 LoRA
-#   mixc_e{8,16}_r{2,4,8}         corrected MixLoRA (paper CFS, prompt routing, prefill decoding)
-#   mixrel_e{8,16}_r{2,4,8}       released MixLoRA (as coded CFS, mean over all tokens, per-step decoding)
+#   mixc_e8_r{2,4}, mixc_e16_r{2,4,8}      corrected MixLoRA (paper CFS, prompt routing, prefill decoding)
+#   mixrel_e8_r{2,4}, mixrel_e16_r{2,4,8}  released MixLoRA (as coded CFS, mean over all tokens, per-step decoding)
+#   (no E8/r8: MixLoRA selects r < E of its factors)
 #   ifsc_e{8,16}_r4               corrected MixLoRA without CFS (IFS only)
 #   randc_e{8,16}_r4              corrected MixLoRA with random routing (routing_source=random)
 # Env: PY, SEEDS (default "0 1 2"), ROWS (default all), STAGE1_STEPS (1000), STAGE2_STEPS (300), LR (5e-3),
@@ -26,12 +27,14 @@ STAGE1_STEPS=${STAGE1_STEPS:-1000}
 STAGE2_STEPS=${STAGE2_STEPS:-300}
 LR=${LR:-5e-3}
 EVAL_LIMIT=${EVAL_LIMIT:-10}
+EVAL_TASKS=mme,cvbench,pope,textvqa,vsr,snli_ve,cifar10,cifar100,mnist,seen
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 declare -A ROW
 for r in 2 4 8; do
   ROW[lora_r$r]="adapter=lora adapter.rank=$r"
   for e in 8 16; do
+    [ "$r" -lt "$e" ] || continue  # MixLoRA selects r < E factors: no E8/r8 row
     ROW[mixc_e${e}_r$r]="adapter=mixlora adapter.num_factors=$e adapter.rank=$r"
     ROW[mixrel_e${e}_r$r]="adapter=mixlora_released adapter.num_factors=$e adapter.rank=$r"
   done
@@ -40,8 +43,8 @@ for e in 8 16; do
   ROW[ifsc_e${e}_r4]="adapter=mixlora adapter.num_factors=$e adapter.rank=4 adapter.cfs=none"
   ROW[randc_e${e}_r4]="adapter=mixlora adapter.num_factors=$e adapter.rank=4 adapter.routing_source=random"
 done
-ALL="lora_r2 lora_r4 lora_r8 mixc_e8_r2 mixc_e8_r4 mixc_e8_r8 mixc_e16_r2 mixc_e16_r4 mixc_e16_r8
-     mixrel_e8_r2 mixrel_e8_r4 mixrel_e8_r8 mixrel_e16_r2 mixrel_e16_r4 mixrel_e16_r8
+ALL="lora_r2 lora_r4 lora_r8 mixc_e8_r2 mixc_e8_r4 mixc_e16_r2 mixc_e16_r4 mixc_e16_r8
+     mixrel_e8_r2 mixrel_e8_r4 mixrel_e16_r2 mixrel_e16_r4 mixrel_e16_r8
      ifsc_e8_r4 ifsc_e16_r4 randc_e8_r4 randc_e16_r4"
 ROWS=${ROWS:-$ALL}
 for row in $ROWS; do
@@ -73,7 +76,7 @@ for row in $ROWS; do
     if [ -f "$dir/eval/metrics.json" ]; then echo "(done: $dir)"; continue; fi
     # shellcheck disable=SC2086  # ROW values are space-separated Hydra overrides
     run $PY train.py ${ROW[$row]} seed="$seed" output_dir="$dir" overwrite=true "${BASE[@]}" "${COMMON[@]}"
-    run $PY eval.py run="$dir" limit="$EVAL_LIMIT" overwrite=true progress=false
+    run $PY eval.py run="$dir" limit="$EVAL_LIMIT" overwrite=true progress=false "tasks=[$EVAL_TASKS]"
   done
 done
 

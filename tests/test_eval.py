@@ -383,7 +383,8 @@ def test_eval_py_base_model_end_to_end_and_cli_rescoring(suite, tmp_path, capsys
     out = tmp_path / "out"
     cfg = compose_eval(["run=null", "model=tiny", f"data_root={suite}", f"output_dir={out}", "limit=2",
                         "decoding.max_new_tokens=2", "batch_size=4", "progress=false",
-                        f"tokenizer_cache={tmp_path / 'tok'}"])
+                        f"tokenizer_cache={tmp_path / 'tok'}", "tasks=[mme,cvbench,pope,textvqa,vsr,snli_ve,cifar10,"
+                        "cifar100,mnist,seen]"])
     summary = script.run_eval(cfg)
     tasks = ["mme", "cvbench", "pope", "textvqa", "vsr", "snli_ve", "cifar10", "cifar100", "mnist", "seen"]
     assert list(summary["tasks"]) == tasks

@@ -64,6 +64,7 @@ def sh(*args, **env):
 def test_dry_run_lists_one_train_and_eval_per_row_and_seed(tmp_path):
     p = sh(str(tmp_path / "m"), DRY_RUN="1", SEEDS="0 5", ROWS="lora_r2 ifsc_e16_r4 randc_e8_r4 mixrel_e16_r8")
     assert p.returncode == 0, p.stderr
+    assert p.stdout.count("tasks=[mme,cvbench,pope,textvqa,vsr,snli_ve,cifar10,cifar100,mnist,seen]") == 8
     trains = [line for line in p.stdout.splitlines() if line.startswith("+ ") and " train.py adapter=" in line]
     evals = [line for line in p.stdout.splitlines() if line.startswith("+ ") and " eval.py " in line]
     assert len(trains) == len(evals) == 8
@@ -72,6 +73,20 @@ def test_dry_run_lists_one_train_and_eval_per_row_and_seed(tmp_path):
     assert "adapter.routing_source=random" in trains[4]
     assert "adapter=mixlora_released adapter.num_factors=16 adapter.rank=8" in trains[6]
     assert all("data.annotations=data/synthetic/stage2.json" in t for t in trains)
+
+
+def test_every_row_is_a_valid_adapter_config(tmp_path):
+    from mixlora import AdapterConfig
+    from mixlora.train import compose_config
+
+    p = sh(str(tmp_path / "m"), DRY_RUN="1", SEEDS="0")
+    assert p.returncode == 0, p.stderr
+    trains = [line.split() for line in p.stdout.splitlines() if line.startswith("+ ") and " train.py adapter=" in line]
+    assert len(trains) == 3 + 5 + 5 + 2 + 2  # LoRA r2/4/8; corrected and released E8/r2,4 + E16/r2,4,8; IFS; random
+    for words in trains:
+        overrides = [w for w in words if w.startswith("adapter")]
+        adapter = AdapterConfig.coerce(compose_config(overrides).adapter)  # raises on r >= E and bad values
+        assert adapter.kind == overrides[0].split("=")[1].split("_")[0]
 
 
 def test_unknown_row_is_refused():
