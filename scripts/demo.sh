@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU mini-reproduction (the README's main job, `make demo`): on 2 CPU cores, about 6-8 minutes.
+# CPU mini-reproduction (the README's main job, `make demo`): on 2 idle CPU cores, about 4.5 minutes.
 #
 #   1. the synthetic suite (data/synthetic/, generated once) and its split into a stage-1 base mix and a
 #      disjoint stage-2 set (mixlora.data.base_mix)
