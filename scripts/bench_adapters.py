@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mixlora import LoRALinear, MixLoRALinear, routing
+from mixlora.profiling import saved_activations
 
 
 class DenseReleased(nn.Module):
@@ -71,16 +72,7 @@ def build_variants(d_in, d_out, rank, factors, device, dtype):
 
 
 def saved_activation_bytes(module, x, grad):
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_activations(module) as storages:
         y = module(x)
     y.backward(grad)
     return sum(storages.values())

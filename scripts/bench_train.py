@@ -88,19 +88,11 @@ def timed_step(backend, batch, device) -> float:
 
 
 def saved_activation_bytes(model, batch, device) -> int:
+    from mixlora.profiling import saved_activations
     from mixlora.train.loop import to_device
 
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
     with model.routing(batch["routing_mask"].to(device)):
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved_activations(model) as storages:
             loss = model(**to_device(batch, device)).loss
         loss.backward()
     model.zero_grad(set_to_none=True)

@@ -77,8 +77,6 @@ def compare(table: dict, a: str, b: str, metric: str) -> dict | None:
     diff = table[a][metric] - table[b][metric]
     se = math.sqrt(table[a][metric + "_std"] ** 2 / na + table[b][metric + "_std"] ** 2 / nb)
     verdict = "holds" if diff > 2 * se else "reversed" if diff < -2 * se else "not distinguishable"
-    if se == 0.0 and diff == 0.0:
-        verdict = "not distinguishable"
     return {"a": a, "b": b, "metric": metric, "diff": diff, "se": se, "verdict": verdict}
 
 
