@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional
 from torch import nn
 
 from .layers import LoRALinear, MixLoRALinear
-from .options import (ADAPTER_KINDS, CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_SOURCES, ROUTING_TOKENS,
-                      check_choice)
+from .options import (ADAPTER_KINDS, CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_PRECISIONS, ROUTING_SOURCES,
+                      ROUTING_TOKENS, check_choice)
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Path components that are never adapted, whatever the targets say (the paper adapts the LLM only).
@@ -32,7 +32,8 @@ class AdapterConfig:
     """What to inject and how. Defaults are the *corrected* MixLoRA (paper CFS, prompt routing, prefill reuse).
 
     The released behaviour is ``cfs="released", router_grad="none", routing_tokens="all",
-    decode_routing="per_step"`` with ``alpha = 2 * num_factors`` (``AdapterConfig.released(E, r)``).
+    routing_precision="layer", decode_routing="per_step"`` with ``alpha = 2 * num_factors``
+    (``AdapterConfig.released(E, r)``).
 
     Fields:
         kind: "lora" | "mixlora".
@@ -40,7 +41,8 @@ class AdapterConfig:
         alpha: the update is multiplied by alpha / rank.
         dropout: adapter-input dropout.
         num_factors: E, pool size (mixlora only; must exceed rank).
-        cfs, router_grad, routing_tokens, decode_routing, routing_source: MixLoRA modes (``mixlora.options``).
+        cfs, router_grad, routing_tokens, routing_precision, decode_routing, routing_source: MixLoRA modes
+            (``mixlora.options``).
         target_modules: leaf names of the linears to adapt.
         layers: optional [start, end) range of decoder-layer indices to adapt; None = all.
     """
@@ -53,6 +55,7 @@ class AdapterConfig:
     cfs: str = "paper"
     router_grad: str = "none"
     routing_tokens: str = "prompt"
+    routing_precision: str = "float32"
     decode_routing: str = "prefill"
     routing_source: str = "instance"
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
@@ -85,6 +88,7 @@ class AdapterConfig:
             check_choice("cfs", self.cfs, CFS_MODES)
             check_choice("router_grad", self.router_grad, ROUTER_GRAD_MODES)
             check_choice("routing_tokens", self.routing_tokens, ROUTING_TOKENS)
+            check_choice("routing_precision", self.routing_precision, ROUTING_PRECISIONS)
             check_choice("decode_routing", self.decode_routing, DECODE_ROUTING)
             check_choice("routing_source", self.routing_source, ROUTING_SOURCES)
             if self.routing_source == "random" and self.router_grad != "none":
@@ -94,7 +98,8 @@ class AdapterConfig:
     def released(cls, num_factors: int, rank: int, **overrides: Any) -> "AdapterConfig":
         """Every released behaviour (official-code.md checklist A): alpha = 2E, dropout 0.05."""
         values = dict(kind="mixlora", num_factors=num_factors, rank=rank, alpha=2.0 * num_factors, dropout=0.05,
-                      cfs="released", router_grad="none", routing_tokens="all", decode_routing="per_step")
+                      cfs="released", router_grad="none", routing_tokens="all", routing_precision="layer",
+                      decode_routing="per_step")
         values.update(overrides)
         return cls(**values)
 
@@ -126,7 +131,8 @@ class AdapterConfig:
             return LoRALinear(base, self.rank, self.alpha, self.dropout)
         return MixLoRALinear(
             base, self.num_factors, self.rank, self.alpha, self.dropout, cfs=self.cfs,
-            router_grad=self.router_grad, routing_tokens=self.routing_tokens, decode_routing=self.decode_routing,
+            router_grad=self.router_grad, routing_tokens=self.routing_tokens,
+            routing_precision=self.routing_precision, decode_routing=self.decode_routing,
             routing_source=self.routing_source,
         )
 

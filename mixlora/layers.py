@@ -17,11 +17,29 @@ factors from each pool *per instance*::
 
 computed factored: gather A_x [B, r, d_in] and B_x [B, r, d_out], then two batched matmuls, so the cost is
 T·r·(d_in + d_out) per instance like LoRA, never a dense per-instance d_in×d_out ΔW (the released code builds one).
+
+Routing numerics (which arithmetic decides g_A, g_B). Softmax is monotone, so top_r(p_A) = top_r(W_A h̄) and, without
+CFS, top_r(p_B) = top_r(W_B h̄) in exact arithmetic; in bf16/fp16 the rounded probabilities tie where the logits do
+not (near the top of a 64-way softmax adjacent probabilities are often one bf16 ulp apart), and the slot order,
+which decides the A–B pairing, flips too. So selection never ranks probabilities when logits rank the same:
+
+* corrected routing (``routing_precision="float32"``, the default): h̄, both router logits, the softmax, the CFS term
+  and the top-r run in float32 (float64 for a float64 layer) whatever the layer dtype, with autocast disabled for
+  them: weights and inputs are cast up (the pooled [B, d_in] input, the [E, d_in] routers, the gathered
+  [B, r, d_in] A rows and W_AB [r, d_in, E]; never the [B, T, d_in] activations where the backend can sum them
+  into a float32 result directly). g_A = top_r(W_A h̄); g_B = top_r(W_B h̄) without CFS, else
+  top_r(softmax(W_B h̄) + CFS). The float32 errors (≈ T·2⁻²⁴ relative in h̄, ≈ d_in·2⁻²⁴ in a logit) are far below
+  the bf16 ones, so the selection equals the float64 selection on the same (rounded) weights and inputs
+  except where two scores lie within that error of each other.
+* released routing (``routing_precision="layer"``): the released selector's own arithmetic in the layer's dtype (or
+  the dtype autocast gives the router linear): h̄ = x.mean(1), logits = router(h̄), g_A = top_r(logits_A),
+  g_B = top_r(logits_B) without CFS, else top_r(softmax(logits_B) + CFS) with the CFS term in that dtype.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .options import CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_SOURCES, ROUTING_TOKENS, check_choice
+from .options import (CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_PRECISIONS, ROUTING_SOURCES, ROUTING_TOKENS,
+                      check_choice)
 
 
 def _check_common(base: nn.Module, rank: int, alpha: float, dropout: float) -> None:
@@ -51,6 +70,29 @@ def _frozen(base: nn.Linear) -> nn.Linear:
 
 def _pool(rows: int, cols: int, like: nn.Linear) -> nn.Parameter:
     return nn.Parameter(torch.empty(rows, cols, device=like.weight.device, dtype=like.weight.dtype))
+
+
+def routing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype corrected routing computes in: float32, or ``dtype`` itself when wider (float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def no_autocast(device: torch.device):
+    """A context with autocast off on ``device``'s type (the corrected routing computes in its own dtype)."""
+    return torch.autocast(device.type, enabled=False)
+
+
+class Router(nn.Linear):
+    """The bias-free router ``nn.Linear(d_in, E)``; ``forward(h)`` [B, d_in] -> logits [B, E] in ``h``'s dtype.
+
+    The weight is cast to ``h``'s dtype (a no-op when they agree, so it is then exactly ``nn.Linear``), which lets
+    corrected routing run it in float32 on bf16/fp16 weights. Routing calls the module rather than reading its
+    weight, so hooks that gather parameters at a module's forward (ZeRO-3) still see it.
+    """
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(h.dtype)
+        return F.linear(h, self.weight.to(h.dtype), bias)
 
 
 class LoRALinear(nn.Module):
@@ -121,12 +163,14 @@ class MixLoRALinear(nn.Module):
         cfs: ``"none" | "paper" | "released"`` (see ``mixlora.options``).
         router_grad: ``"none" | "straight_through"``.
         routing_tokens: ``"prompt" | "all"``; ``"prompt"`` needs a mask from ``mixlora.routing``.
+        routing_precision: ``"float32" | "layer"``: the routing arithmetic (module docstring); ``"layer"`` is the
+            released selector's.
         decode_routing: ``"prefill" | "per_step"``.
         routing_source: ``"instance" | "task" | "random"`` (the routing ablation; see ``mixlora.options``).
 
     Parameters:
         ``lora_a`` [E, d_in] (row e = a_e, Kaiming-uniform a=√5), ``lora_b`` [E, d_out] (row e = b_e, zeros),
-        ``router_a``/``router_b``: ``nn.Linear(d_in, E, bias=False)`` (default init, as released),
+        ``router_a``/``router_b``: ``Router(d_in, E, bias=False)``, an ``nn.Linear`` (default init, as released),
         ``router_cfs`` [r, d_in, E] = W_AB, present when ``cfs != "none"`` (init U(±1/√(r·d_in)), the default
         init of the released E×(r·d_in) linear it is reshaped from).
 
@@ -145,6 +189,7 @@ class MixLoRALinear(nn.Module):
         routing_tokens: str = "prompt",
         decode_routing: str = "prefill",
         routing_source: str = "instance",
+        routing_precision: str = "float32",
     ):
         super().__init__()
         _check_common(base, rank, alpha, dropout)
@@ -158,6 +203,7 @@ class MixLoRALinear(nn.Module):
         self.cfs = check_choice("cfs", cfs, CFS_MODES)
         self.router_grad = check_choice("router_grad", router_grad, ROUTER_GRAD_MODES)
         self.routing_tokens = check_choice("routing_tokens", routing_tokens, ROUTING_TOKENS)
+        self.routing_precision = check_choice("routing_precision", routing_precision, ROUTING_PRECISIONS)
         self.decode_routing = check_choice("decode_routing", decode_routing, DECODE_ROUTING)
         self.routing_source = check_choice("routing_source", routing_source, ROUTING_SOURCES)
         self.base = _frozen(base)
@@ -168,8 +214,8 @@ class MixLoRALinear(nn.Module):
         self.lora_a = _pool(num_factors, d_in, base)
         self.lora_b = _pool(num_factors, d_out, base)
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.router_a = nn.Linear(d_in, num_factors, bias=False, **kw)
-        self.router_b = nn.Linear(d_in, num_factors, bias=False, **kw)
+        self.router_a = Router(d_in, num_factors, bias=False, **kw)
+        self.router_b = Router(d_in, num_factors, bias=False, **kw)
         self.router_cfs = (
             nn.Parameter(torch.empty(rank, d_in, num_factors, **kw)) if self.cfs != "none" else None
         )
@@ -187,18 +233,41 @@ class MixLoRALinear(nn.Module):
             nn.init.uniform_(self.router_cfs, -bound, bound)
 
     # ---------------------------------------------------------------- routing
+    @property
+    def released_arithmetic(self) -> bool:
+        """Whether routing reproduces the released selector's layer-dtype arithmetic (``routing_precision="layer"``)
+        rather than the corrected float32 one (module docstring)."""
+        return self.routing_precision == "layer"
+
     def route(self, h: torch.Tensor) -> Selection:
-        """Select factors from the pooled router input ``h`` [B, d_in]."""
+        """Select factors from the pooled router input ``h`` [B, d_in] (see the module docstring's numerics).
+
+        Returns ``Selection`` with idx_a, idx_b [B, r] in descending score order. Corrected: computed in
+        ``routing_dtype(h.dtype)`` (float32 unless h is float64) with autocast off, ``h`` and every weight cast up.
+        Released: ``h`` cast to the router's dtype and every op left to the layer dtype (and to autocast).
+        Under ``router_grad="straight_through"`` (with grad enabled) ``weight`` = (s_a / s_a.detach()) ·
+        (s_b / s_b.detach()) with s the selected probabilities: softmax(W_A h̄)[g_A] and, for B, the ranked score
+        (softmax(W_B h̄) [+ CFS])[g_B]; its value is exactly 1 and it carries the routers' gradient.
+        """
         learn = self.router_grad == "straight_through" and torch.is_grad_enabled()
-        with torch.set_grad_enabled(learn):
-            h = h.to(self.router_a.weight.dtype)
-            p_a = torch.softmax(self.router_a(h), dim=-1)  # [B, E]
-            s_a, idx_a = p_a.topk(self.rank, dim=-1)  # sorted: slot 0 = best
-            p_b = torch.softmax(self.router_b(h), dim=-1)
-            if self.cfs != "none":
-                p_b = p_b + self.cfs_scores(idx_a)
-            s_b, idx_b = p_b.topk(self.rank, dim=-1)
-            weight = (s_a / s_a.detach()) * (s_b / s_b.detach()) if learn else None
+        released = self.released_arithmetic
+        dtype = self.router_a.weight.dtype if released else routing_dtype(h.dtype)
+        with torch.set_grad_enabled(learn), (nullcontext() if released else no_autocast(h.device)):
+            h = h.to(dtype)
+            logits_a = self.router_a(h)  # [B, E]
+            idx_a = logits_a.topk(self.rank, dim=-1).indices  # sorted: slot 0 = best
+            logits_b = self.router_b(h)
+            if self.cfs == "none":
+                score_b = None
+                idx_b = logits_b.topk(self.rank, dim=-1).indices
+            else:
+                score_b = torch.softmax(logits_b, dim=-1) + self.cfs_scores(idx_a, None if released else dtype)
+                idx_b = score_b.topk(self.rank, dim=-1).indices
+            weight = None
+            if learn:
+                s_a = torch.softmax(logits_a, dim=-1).gather(-1, idx_a)
+                s_b = (torch.softmax(logits_b, dim=-1) if score_b is None else score_b).gather(-1, idx_b)
+                weight = (s_a / s_a.detach()) * (s_b / s_b.detach())
         return Selection(idx_a, idx_b, weight)
 
     def random_selection(self, batch: int, device: torch.device) -> Selection:
@@ -220,21 +289,33 @@ class MixLoRALinear(nn.Module):
             h = h[state.source_rows.to(h.device)]
         return self.route(h)
 
-    def cfs_scores(self, idx_a: torch.Tensor) -> torch.Tensor:
+    def cfs_scores(self, idx_a: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """Conditional Factor Selection term for B, [B, E], given A's chosen indices ``idx_a`` [B, r].
 
         paper:    Σ_i softmax_E( Σ_d A_x[i,d] · W[i,d,:] )
         released: softmax_E( Σ_i softmax_E( (Σ_d A_x[i,d]) · (Σ_f W[i,f,:]) ) )  -- the einsum 'brd,rfe->bre'
                   with distinct d and f sums both indices separately: a product of sums, then a second softmax.
+
+        Computed in ``dtype`` (W_AB [r, d_in, E] and the gathered A_x [B, r, d_in] cast to it); None = W_AB's dtype.
         """
-        w = self.router_cfs
+        w = self.router_cfs if dtype is None else self.router_cfs.to(dtype)
         a_sel = self.lora_a[idx_a].to(w.dtype)  # [B, r, d_in]
         if self.cfs == "paper":
             return torch.softmax(torch.einsum("brd,rde->bre", a_sel, w), dim=-1).sum(dim=1)
         c = a_sel.sum(dim=-1, keepdim=True) * w.sum(dim=1).unsqueeze(0)  # [B, r, 1] * [1, r, E]
         return torch.softmax(torch.softmax(c, dim=-1).sum(dim=1), dim=-1)
 
+    def _plain_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of ``x`` [B, T, d] over every position -> [B, d]: in x's dtype for released arithmetic (as
+        released), else accumulated into ``routing_dtype`` (no float32 copy of x)."""
+        return x.mean(dim=1) if self.released_arithmetic else x.mean(dim=1, dtype=routing_dtype(x.dtype))
+
     def _select(self, x: torch.Tensor) -> Selection:
+        # Pooling and routing record a graph only when the routers learn (then h̄ passes gradient to x too).
+        with torch.set_grad_enabled(self.router_grad == "straight_through" and torch.is_grad_enabled()):
+            return self._select_pooled(x)
+
+    def _select_pooled(self, x: torch.Tensor) -> Selection:
         state = self._routing_state
         if state is None:
             if self.routing_tokens == "prompt":
@@ -243,15 +324,21 @@ class MixLoRALinear(nn.Module):
                     "`with mixlora.routing(model, mask):`. Wrap the forward in it (and the backward too when "
                     "gradient checkpointing re-runs forwards), or use routing_tokens='all'."
                 )
-            return self._route_pooled(x.mean(dim=1), state)
+            return self._route_pooled(self._plain_mean(x), state)
         if state.is_continuation(x):
             if self.decode_routing == "prefill":
                 return state.cached(self)
-            return self._route_pooled(x.mean(dim=1), state)  # released: re-route on the step's own tokens
+            # released: re-route on the step's own tokens (one token with a KV cache: no padding to average)
+            return self._route_pooled(self._plain_mean(x), state)
         if self.routing_tokens == "prompt":
-            h = state.masked_mean(x)
+            h = state.masked_mean(x)  # float32 (or wider)
+        elif state.sequence_mask is not None:
+            # batched generation: the real tokens of each row, i.e. what the released batch-1 prefill averaged;
+            # accumulated in float32, then (layer precision) rounded once to the layer dtype as x.mean(1) rounds
+            h = state.masked_mean(x, tokens="sequence")
+            h = h.to(x.dtype) if self.released_arithmetic else h
         else:
-            h = x.mean(dim=1)
+            h = self._plain_mean(x)  # every position, padding included (released training)
         selection = self._route_pooled(h, state)
         if self.decode_routing == "prefill":
             state.store(self, selection.detached())
@@ -267,18 +354,21 @@ class MixLoRALinear(nn.Module):
         sel = self._select(x)
         self.last_selection = (sel.idx_a.detach(), sel.idx_b.detach())
         a = self.lora_a[sel.idx_a].to(x.dtype)  # [B, r, d_in]
-        b = self.lora_b[sel.idx_b].to(x.dtype)  # [B, r, d_out]
+        y = self.base(x)  # [B, T, d_out]; under autocast in autocast's dtype rather than x's
+        b = self.lora_b[sel.idx_b].to(y.dtype)  # [B, r, d_out]
         z = torch.bmm(self.dropout(x), a.transpose(1, 2))  # [B, T, r]
         if sel.weight is None:
             z = z * self.scaling
         else:
             z = z * (self.scaling * sel.weight.to(x.dtype)).unsqueeze(1)
         # base(x) + z @ B_x, in place into the base output (its backward does not need it): no second buffer.
-        return self.base(x).baddbmm_(z, b)
+        # (An in-place op is not autocast: z is brought to y's dtype, a no-op without autocast.)
+        return y.baddbmm_(z.to(y.dtype), b)
 
     def extra_repr(self) -> str:
         return (
             f"num_factors={self.num_factors}, rank={self.rank}, alpha={self.alpha:g}, cfs={self.cfs!r}, "
             f"router_grad={self.router_grad!r}, routing_tokens={self.routing_tokens!r}, "
+            f"routing_precision={self.routing_precision!r}, "
             f"decode_routing={self.decode_routing!r}, routing_source={self.routing_source!r}"
         )

@@ -19,8 +19,19 @@ ROUTER_GRAD_MODES = ("none", "straight_through")
 
 # Which positions the router averages over.
 #   prompt - masked mean over the tokens the caller marks (system, image, instruction; never padding/answers).
-#   all    - plain mean over every position, padding and answer included (released).
+#   all    - plain mean over every position, padding and answer included (released training), except batched
+#            generation, which averages each row's real prompt tokens (routing context's sequence_mask): the released
+#            evaluation ran at batch 1 with no padding.
 ROUTING_TOKENS = ("prompt", "all")
+
+# In which arithmetic routing decides (mixlora.layers, "Routing numerics").
+#   float32 - mean, router logits, softmax, CFS term and top-r in float32 (float64 layers: float64) whatever the
+#             layer dtype or autocast; A (and B without CFS) ranks logits, never rounded probabilities. Selection =
+#             the float64 selection on the same weights and inputs up to float32 rounding of near-ties.
+#   layer   - the released selector's arithmetic: everything in the layer dtype (or what autocast makes of it);
+#             top-r of the raw logits (for B with CFS: of softmax(logits_B) + CFS). Equal to the released code in
+#             bf16 and fp16 as in fp32.
+ROUTING_PRECISIONS = ("float32", "layer")
 
 # How cached decoding routes.
 #   prefill  - the selection made on the prompt is reused for every generated token.

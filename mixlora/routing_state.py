@@ -15,6 +15,16 @@ length is a *continuation* (a KV-cache decode step, or a no-cache recomputation 
 layers with ``decode_routing="prefill"`` reuse the selection cached at the full forward, so cached and
 uncached greedy decoding agree; ``"per_step"`` layers re-route on the tokens they are given (released).
 Contexts nest: an inner one replaces the outer until it exits.
+
+Which tokens a full forward averages (h̄, [B, d_in]):
+
+* ``routing_tokens="prompt"``: the ``mask`` tokens, summed and divided in float32 (``masked_mean``);
+* ``routing_tokens="all"``: every position (the released mean: in training it covers the answer and the right
+  padding, as released), except where the context carries a ``sequence_mask`` (True on each row's own tokens,
+  False on padding that batching added): then the mean covers exactly those tokens. ``LlavaMixModel.generate``
+  passes its attention mask here, so a left-padded prompt routes as it would alone, i.e. as the released
+  evaluation (batch 1, no padding) routed it, at any batch size. A decode step with a KV cache is one token per
+  row, so per-step routing never sees padding.
 """
 
 from __future__ import annotations
@@ -25,57 +35,107 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .layers import MixLoRALinear, Selection
+from .layers import MixLoRALinear, Selection, no_autocast, routing_dtype
+
+
+def _check_token_mask(name: str, mask: torch.Tensor) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        raise ValueError(f"{name} must be a [batch, seq] tensor, got {type(mask).__name__} "
+                         f"{tuple(getattr(mask, 'shape', ()))}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be boolean (True = route on this token), got {mask.dtype}")
+    # One check per context rather than per layer: an instance with no routing token has no mean.
+    if not bool(mask.any(dim=1).all()):
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(f"{name} has no True token for batch rows {empty}; every instance needs "
+                         "at least one prompt token to route on")
+
+
+# Device types whose bmm can write a float32 result from bf16/fp16 inputs (``out_dtype``); turned off on failure.
+_DIRECT_SUM = {"cuda": True}
 
 
 class RoutingState:
     """Per-context routing information shared by all MixLoRA layers of a model."""
 
-    def __init__(self, mask: Optional[torch.Tensor], source_rows: Optional[torch.Tensor] = None):
+    def __init__(self, mask: Optional[torch.Tensor], source_rows: Optional[torch.Tensor] = None,
+                 sequence_mask: Optional[torch.Tensor] = None):
         if mask is not None:
-            if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-                raise ValueError(f"routing mask must be a [batch, seq] tensor, got {type(mask).__name__} "
-                                 f"{tuple(getattr(mask, 'shape', ()))}")
-            if mask.dtype != torch.bool:
-                raise TypeError(f"routing mask must be boolean (True = route on this token), got {mask.dtype}")
-            # One check per context rather than per layer: an instance with no routing token has no mean.
-            if not bool(mask.any(dim=1).all()):
-                empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-                raise ValueError(f"routing mask has no True token for batch rows {empty}; every instance needs "
-                                 "at least one prompt token to route on")
+            _check_token_mask("routing mask", mask)
+        if sequence_mask is not None:
+            _check_token_mask("sequence_mask", sequence_mask)
+            if mask is not None and sequence_mask.shape != mask.shape:
+                raise ValueError(f"sequence_mask has shape {tuple(sequence_mask.shape)} but the routing mask has "
+                                 f"{tuple(mask.shape)}")
         if source_rows is not None:
             rows = torch.as_tensor(source_rows)
             if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
                 raise ValueError("source_rows must be an integer tensor [batch] giving, for each batch row, the row it "
                                  f"routes on; got {rows.dtype} {tuple(rows.shape)}")
             n = rows.shape[0]
-            if mask is not None and n != mask.shape[0]:
-                raise ValueError(f"source_rows has {n} rows but the routing mask has {mask.shape[0]}")
+            shaped = mask if mask is not None else sequence_mask
+            if shaped is not None and n != shaped.shape[0]:
+                raise ValueError(f"source_rows has {n} rows but the routing mask has {shaped.shape[0]}")
             if not bool(((rows >= 0) & (rows < n)).all()):
                 raise ValueError(f"source_rows values must lie in [0, {n}), got {rows.tolist()}")
             source_rows = rows
         self.mask = mask
+        self.sequence_mask = sequence_mask
         self.source_rows = source_rows
-        self.full_length: Optional[int] = None if mask is None else mask.shape[1]
+        shaped = mask if mask is not None else sequence_mask
+        self._shape = None if shaped is None else tuple(shaped.shape)
+        self.full_length: Optional[int] = None if shaped is None else shaped.shape[1]
         self._cache: dict[int, Selection] = {}
-        self._weights: Optional[torch.Tensor] = None  # mask as [B, 1, T] averaging weights, built lazily
+        # {(tokens, dtype, device): (mask [B, 1, T] as 0/1 in dtype, token counts [B, 1] in the routing dtype)}
+        self._weights: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def is_continuation(self, x: torch.Tensor) -> bool:
         batch, length = x.shape[0], x.shape[1]
-        if self.mask is not None and batch != self.mask.shape[0]:
-            raise ValueError(f"routing mask has batch size {self.mask.shape[0]} but the layer input has {batch}; "
+        if self._shape is not None and batch != self._shape[0]:
+            raise ValueError(f"routing mask has batch size {self._shape[0]} but the layer input has {batch}; "
                              "pass the mask of this batch (beam search, which expands the batch, is unsupported)")
         if self.full_length is None:
             self.full_length = length  # no mask: the first forward in the context defines the prompt
         return length != self.full_length
 
-    def masked_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of ``x`` [B, T, d] over the masked positions -> [B, d], as one batched matmul."""
-        w = self._weights
-        if w is None or w.dtype != x.dtype or w.device != x.device:
-            m = self.mask.to(device=x.device, dtype=x.dtype)
-            w = self._weights = (m / m.sum(dim=1, keepdim=True)).unsqueeze(1)
-        return torch.bmm(w, x).squeeze(1)
+    def _mask_weights(self, tokens: str, dtype: torch.dtype, device: torch.device):
+        key = (tokens, dtype, device)
+        if key not in self._weights:
+            mask = self.mask if tokens == "prompt" else self.sequence_mask
+            if mask is None:
+                raise RuntimeError(
+                    "MixLoRA routing_tokens='prompt' needs a routing mask, but the routing context has none: pass "
+                    "it (`mixlora.routing(model, mask)`, or routing_mask= to the model's forward/generate)"
+                    if tokens == "prompt" else "this routing context has no sequence_mask")
+            mask = mask.to(device)
+            counts = mask.sum(dim=1, keepdim=True).to(routing_dtype(dtype))  # [B, 1], exact integers
+            self._weights[key] = (mask.to(dtype).unsqueeze(1), counts)
+        return self._weights[key]
+
+    def masked_mean(self, x: torch.Tensor, tokens: str = "prompt") -> torch.Tensor:
+        """Mean of ``x`` [B, T, d] over the ``mask`` (tokens="prompt") or ``sequence_mask`` (tokens="sequence")
+        positions -> [B, d] in ``routing_dtype(x.dtype)`` (float32 for bf16/fp16/fp32 inputs), autocast off.
+
+        h̄[b] = (Σ_t m[b,t] · x[b,t]) / n_b as one batched matmul [B, 1, T] @ [B, T, d], then a division by the
+        exact count n_b. The 0/1 mask is exact in any dtype. For half-precision ``x`` on CUDA the matmul
+        accumulates and writes float32 directly (``bmm(..., out_dtype=float32)``: no float32 copy of ``x``); that op
+        has no backward, so where a gradient must reach ``x`` (straight-through routers) and on CPU, ``x`` is
+        copied to float32 first. Either way the sum is a float32 sum of T exact terms.
+        """
+        dtype = routing_dtype(x.dtype)
+        direct = (x.dtype != dtype and _DIRECT_SUM.get(x.device.type, False)
+                  and not (torch.is_grad_enabled() and x.requires_grad))
+        with no_autocast(x.device):
+            if direct:
+                mask, counts = self._mask_weights(tokens, x.dtype, x.device)
+                try:
+                    return torch.bmm(mask, x, out_dtype=dtype).squeeze(1) / counts
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except (RuntimeError, NotImplementedError, TypeError):  # a torch or device without it: copy from now on
+                    _DIRECT_SUM[x.device.type] = False
+            mask, counts = self._mask_weights(tokens, dtype, x.device)
+            return torch.bmm(mask, x.to(dtype)).squeeze(1) / counts
 
     def store(self, layer: nn.Module, selection: Selection) -> None:
         self._cache[id(layer)] = selection
@@ -96,15 +156,18 @@ def mixlora_layers(module: nn.Module) -> list[tuple[str, MixLoRALinear]]:
 
 @contextmanager
 def routing(module: nn.Module, mask: Optional[torch.Tensor] = None,
-            source_rows: Optional[torch.Tensor] = None) -> Iterator[RoutingState]:
+            source_rows: Optional[torch.Tensor] = None,
+            sequence_mask: Optional[torch.Tensor] = None) -> Iterator[RoutingState]:
     """Supply the routing ``mask`` (bool [B, T]) to every MixLoRA layer in ``module``; see the module docstring.
 
     ``mask=None`` is allowed for layers with ``routing_tokens="all"`` (they still get the prefill cache); a
     ``"prompt"`` layer then raises when called. ``source_rows`` (long [B]) is for ``routing_source="task"``:
     row b routes on the pooled input of row ``source_rows[b]`` (e.g. the batch doubled with task-definition
-    texts, whose rows route on themselves).
+    texts, whose rows route on themselves). ``sequence_mask`` (bool [B, T], True on each row's own tokens,
+    False on batching's padding) makes ``routing_tokens="all"`` average those tokens only (generation; leave it
+    None in training, where the released mean covers the padding).
     """
-    state = RoutingState(mask, source_rows)
+    state = RoutingState(mask, source_rows, sequence_mask)
     layers = [m for _, m in mixlora_layers(module)]
     previous = [m._routing_state for m in layers]
     for m in layers:

@@ -38,12 +38,14 @@ def describe_adapter(adapter: dict) -> dict:
     if kind == "mixlora":
         # The variant is decided by the CFS formula and the routing tokens; IFS-only (cfs none) belongs to either.
         cfs, tokens, decode = adapter.get("cfs"), adapter.get("routing_tokens"), adapter.get("decode_routing")
-        if tokens == "all" and cfs in ("released", "none"):
+        precision = adapter.get("routing_precision")  # absent in runs saved before the option existed
+        if tokens == "all" and cfs in ("released", "none") and precision in ("layer", None):
             variant = "released" + (", prefill decoding" if decode == "prefill" else "")
-        elif tokens == "prompt" and cfs in ("paper", "none"):
+        elif tokens == "prompt" and cfs in ("paper", "none") and precision in ("float32", None):
             variant = "corrected" + (", per-step decoding" if decode == "per_step" else "")
         else:
-            variant = f"custom (cfs {cfs}, routing tokens {tokens}, decoding {decode})"
+            variant = (f"custom (cfs {cfs}, routing tokens {tokens}, routing precision {precision}, "
+                       f"decoding {decode})")
         if cfs == "none":
             variant += ", IFS only"
         if adapter.get("routing_source", "instance") != "instance":

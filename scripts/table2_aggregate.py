@@ -51,7 +51,7 @@ def read_run(run: Path) -> dict:
     specialist = bool((config.get("data") or {}).get("tasks"))
     if kind == "mixlora":
         released = (adapter.get("cfs"), adapter.get("routing_tokens"), adapter.get("decode_routing")) == (
-            "released", "all", "per_step")
+            "released", "all", "per_step") and adapter.get("routing_precision", "layer") == "layer"
         method, E, variant = "MixLoRA", adapter.get("num_factors"), "released" if released else "corrected"
     else:
         method, E, variant = {"lora": "LoRA", "none": "base"}.get(kind, kind), None, ""

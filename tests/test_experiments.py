@@ -52,7 +52,8 @@ def lora(r: int) -> AdapterConfig:
 
 def released(E: int, r: int, **changes) -> AdapterConfig:
     values = dict(kind="mixlora", num_factors=E, rank=r, alpha=2.0 * E, dropout=0.05, cfs="released",
-                  router_grad="none", routing_tokens="all", decode_routing="per_step", routing_source="instance")
+                  router_grad="none", routing_tokens="all", routing_precision="layer", decode_routing="per_step",
+                  routing_source="instance")
     return AdapterConfig(**{**values, **changes})
 
 

@@ -149,9 +149,12 @@ class LlavaMixModel(nn.Module):
                    if isinstance(m, mixlora.MixLoRALinear))
 
     def routing(self, routing_mask: Optional[torch.Tensor],
-                source_rows: Optional[torch.Tensor] = None) -> ContextManager:
-        """``mixlora.routing(self.llm, routing_mask, source_rows=source_rows)``, or a no-op when both are None
-        (then an enclosing context, e.g. the training loop's, is the one in force).
+                source_rows: Optional[torch.Tensor] = None,
+                sequence_mask: Optional[torch.Tensor] = None) -> ContextManager:
+        """``mixlora.routing(self.llm, routing_mask, source_rows=source_rows, sequence_mask=sequence_mask)``, or a
+        no-op when all three are None (then an enclosing context, e.g. the training loop's, is the one in force).
+        ``sequence_mask`` (bool [B, L], the real tokens) is what ``generate`` passes so that
+        ``routing_tokens="all"`` ignores the left padding (``mixlora.routing_state``).
 
         ``source_rows`` (long [B_total]) is required by a task-routed model (see the module docstring): a mask
         without it is refused here, before any layer runs. Wrap ``loss.backward()`` in the context too when
@@ -162,10 +165,10 @@ class LlavaMixModel(nn.Module):
                              "source_rows were given: build the batch with task definitions (train.py: "
                              "data.task_definitions=PATH; eval.py: task_definitions=PATH) so the collator appends "
                              "definition rows and returns source_rows")
-        if routing_mask is None and source_rows is None:
+        if routing_mask is None and source_rows is None and sequence_mask is None:
             return nullcontext()
         # Looked up on the package at call time: the public name is stable, the module holding it is not.
-        return mixlora.routing(self.llm, routing_mask, source_rows=source_rows)
+        return mixlora.routing(self.llm, routing_mask, source_rows=source_rows, sequence_mask=sequence_mask)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """Activation checkpointing in the LLM (non-reentrant by default in transformers 5)."""
@@ -298,8 +301,10 @@ class LlavaMixModel(nn.Module):
         Runs ``llm.generate(inputs_embeds=..., attention_mask=...)`` with a KV cache (transformers always
         caches when generating from embeddings; ``use_cache=False`` is refused rather than silently ignored).
         Position ids come from the attention mask, so a padded row generates what it would alone. Inside
-        ``mixlora.routing(llm, routing_mask)`` the prefill routes on the prompt and decode steps follow each
-        layer's ``decode_routing``.
+        ``mixlora.routing(llm, routing_mask, sequence_mask=attention_mask)`` the prefill routes on the prompt and
+        decode steps follow each layer's ``decode_routing``; the attention mask as ``sequence_mask`` makes
+        ``routing_tokens="all"`` (released) average each row's real prompt tokens, not the left padding, so a
+        row routes, and decodes, as it would alone at batch 1 (the released evaluation) whatever its batch-mates.
 
         Task routing (``source_rows`` [B_total], B instance rows then the definition rows; module docstring):
         the definition rows are part of the prefill batch, where every instance row takes the selection of its
@@ -343,7 +348,7 @@ class LlavaMixModel(nn.Module):
             criteria = StoppingCriteriaList(generate_kwargs.pop("stopping_criteria", None) or [])
             criteria.append(_FinishRows(finished))
             generate_kwargs["stopping_criteria"] = criteria
-        with self.routing(routing_mask, source_rows):
+        with self.routing(routing_mask, source_rows, sequence_mask=attention_mask.bool()):
             new_tokens = self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
         return new_tokens if batch is None else new_tokens[:batch]
 
