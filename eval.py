@@ -86,21 +86,28 @@ def needs_synthetic(cfg: DictConfig) -> bool:
     return any(s == root or s.startswith(root.rstrip("/") + "/") for node in nodes for s in _strings(node))
 
 
+def check_task_names(cfg: DictConfig) -> None:
+    """Every name in ``cfg.tasks`` has a task config and is listed once (TaskError otherwise); run first, since
+    reading ``cfg.task[name]`` for an unknown name fails with omegaconf's own error."""
+    from mixlora.tasks.common import TaskError
+
+    names = list(cfg.tasks)
+    for i, name in enumerate(names):
+        if name not in cfg.task:
+            raise TaskError(f"tasks lists {name!r}, but there is no task config for it; known: "
+                            f"{sorted(cfg.task)} (add configs/task/{name}.yaml and +task=... or fix the name)")
+        if name in names[:i]:
+            raise TaskError(f"tasks lists {name!r} twice")
+    if not names:
+        raise TaskError("tasks is empty; name at least one, e.g. tasks=[mme]")
+
+
 def build_tasks(cfg: DictConfig) -> dict:
     """{name: Task} for ``cfg.tasks``, each instantiated from ``cfg.task[name]`` with ``name=name``."""
     from hydra.utils import instantiate
 
-    tasks = {}
-    for name in cfg.tasks:
-        if name not in cfg.task:
-            raise ValueError(f"tasks lists {name!r}, but there is no task config for it; known: "
-                             f"{sorted(cfg.task)} (add configs/task/{name}.yaml and +task=... or fix the name)")
-        if name in tasks:
-            raise ValueError(f"tasks lists {name!r} twice")
-        tasks[name] = instantiate(cfg.task[name], name=name)
-    if not tasks:
-        raise ValueError("tasks is empty; name at least one, e.g. tasks=[mme]")
-    return tasks
+    check_task_names(cfg)
+    return {name: instantiate(cfg.task[name], name=name) for name in cfg.tasks}
 
 
 def _digest(obj: Any) -> str:
@@ -159,8 +166,10 @@ def run_eval(cfg: DictConfig) -> dict:
     from mixlora.evaluate import Decoding, check_task_definitions, evaluate, load_examples, resolve_task_definitions
     from mixlora.options import check_choice
     from mixlora.eval.aggregate import POPE_METRICS
+    from mixlora.runlock import run_lock
 
     check_choice("pope_metric", cfg.pope_metric, POPE_METRICS)
+    check_task_names(cfg)
     if cfg.synthetic.generate_if_missing and needs_synthetic(cfg):
         ensure_synthetic_suite(cfg.data_root, seed=int(cfg.synthetic.seed), progress=bool(cfg.progress))
     tasks = build_tasks(cfg)
@@ -170,23 +179,31 @@ def run_eval(cfg: DictConfig) -> dict:
     definitions = resolve_task_definitions(cfg.task_definitions, cfg.run)
     if definitions is not None:
         check_task_definitions(tasks, examples, definitions)
-    stack, source = load_stack(cfg)
     out = output_dir(cfg)
-    summary = evaluate(stack, tasks, out, decoding, batch_size=int(cfg.batch_size), limit=cfg.limit,
-                       overwrite=bool(cfg.overwrite), device=cfg.device, pope_metric=cfg.pope_metric,
-                       source=source, progress=bool(cfg.progress), examples=examples, definitions=definitions)
+    if cfg.run is not None and not Path(cfg.run).is_dir():  # checked here: the lock below would create it
+        raise FileNotFoundError(f"run={cfg.run}: no such directory (pass the output_dir of a finished training run)")
+    # One eval.py per output: two would both append every prediction to the same predictions.jsonl. Taken before
+    # the model is loaded, so a second process stops in seconds, and held until the last file is written.
+    with run_lock(out / "eval", what="eval"):
+        stack, source = load_stack(cfg)
+        summary = evaluate(stack, tasks, out, decoding, batch_size=int(cfg.batch_size), limit=cfg.limit,
+                           overwrite=bool(cfg.overwrite), device=cfg.device, pope_metric=cfg.pope_metric,
+                           source=source, progress=bool(cfg.progress), examples=examples, definitions=definitions)
     logger.info("wrote %s", out / "eval")
     return summary
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from mixlora.build import UntrustedConfigError
+    from mixlora.data.dataset import DataError
+    from mixlora.runlock import FolderLockedError
     from mixlora.tasks.common import TaskError
     from mixlora.tasks.report import results_markdown
 
     try:
         summary = run_eval(cfg)
-    except (TaskError, FileNotFoundError, FileExistsError) as err:
+    except (TaskError, FolderLockedError, UntrustedConfigError, DataError, FileNotFoundError, FileExistsError) as err:
         # Data and path problems: one clear line instead of a traceback (the message names file, line and fix).
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

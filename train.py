@@ -29,6 +29,31 @@ def _output_dir_override(overrides: list[str]) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == "output_dir" for o in overrides)
 
 
+def _output_dir_refusal(argv: list[str]) -> str | None:
+    """The error for an ``output_dir=`` argument that is, or lies under, an existing file; None if fine.
+
+    Checked before Hydra starts: Hydra creates its run directory (= output_dir) before main() runs, so it would
+    fail first, with a traceback.
+    """
+    from pathlib import Path
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    for arg in argv:
+        if not _output_dir_override([arg]):
+            continue
+        try:
+            value = OverridesParser.create().parse_overrides([arg])[0].value()
+        except OverrideParseException:
+            return None  # bad override syntax: Hydra reports it itself, with its grammar help
+        if isinstance(value, str):  # not a sweep (a,b) or a deletion
+            for path in (Path(value), *Path(value).parents):
+                if path.exists() and not path.is_dir():
+                    return f"output_dir={value!r}: {str(path)!r} exists and is not a folder; choose another output_dir"
+    return None
+
+
 @hydra.main(config_path="configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -43,9 +68,11 @@ def main(cfg: DictConfig) -> float | None:
     elif hc.mode == RunMode.MULTIRUN:
         log.warning("output_dir is set in a --multirun: every job writes to %s unless it varies per job",
                     cfg.output_dir)
+    from mixlora.data.dataset import DataError
+
     try:
         summary = mixlora.train.run(cfg, overrides)
-    except mixlora.train.ConfigError as err:
+    except (mixlora.train.ConfigError, DataError) as err:  # DataError: a bad file or record found while loading
         log.error("%s", err)
         print(f"train.py: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -53,4 +80,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    refusal = _output_dir_refusal(sys.argv[1:])
+    if refusal is not None:
+        print(f"train.py: error: {refusal}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()

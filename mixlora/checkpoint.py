@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,9 +36,22 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, so the rename is atomic)."""
+    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, so the rename is atomic).
+
+    The temporary file is created with mode 0o666 filtered by the umask (and the folder's default ACL), like
+    any ``open(path, "w")``; ``tempfile.mkstemp`` would make it 0o600, so a run folder would mix private
+    renamed files with readable appended ones, and teammates could read only some of a shared run.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:  # O_EXCL: never write into a file another process is writing
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(f"could not create a temporary file next to {path}: 100 names were taken")
     os.close(fd)
     try:
         write(tmp)
@@ -99,8 +112,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> AdapterConfig:
 
         detail = [f"{len(missing)} missing: {head(missing)}"] if missing else []
         detail += [f"{len(unexpected)} unexpected: {head(unexpected)}"] if unexpected else []
-        detail += [f"{len(wrong)} with other shapes, e.g. {k}: saved {tuple(saved[k].shape)} vs model "
-                   f"{tuple(expected[k].shape)}" for k in wrong[:3]]
+        if wrong:
+            shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]]
+            shapes += [f"... {len(wrong) - 3} more"] if len(wrong) > 3 else []
+            detail.append(f"{len(wrong)} with other shapes (saved vs model), e.g. {', '.join(shapes)}")
         raise ValueError(f"adapter checkpoint {path} does not match the model ({'; '.join(detail)}). Was it "
                          "trained on another base model or layer range?")
     with torch.no_grad():

@@ -37,6 +37,12 @@ from torch import nn
 
 
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# The only non-tensor classes DeepSpeed's ZeRO checkpoints pickle (found by loading real ZeRO-2/3 checkpoints with
+# weights_only=True). Plain data holders: allowing them lets no file name a function to call.
+DEEPSPEED_CHECKPOINT_CLASSES = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                                "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+                                "deepspeed.runtime.zero.config.ZeroStageEnum",
+                                "deepspeed.utils.tensor_fragment.fragment_address")
 # Keys the trainer settings own; the JSON file may only carry ZeRO and engine tuning options.
 RESERVED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                  "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16", "amp",
@@ -224,6 +230,28 @@ def uses_zero3(ds_config: Optional[dict]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- engine
+def weights_only_load(path: str, map_location: Any = None) -> Any:
+    """``torch.load(weights_only=True)`` that also accepts :data:`DEEPSPEED_CHECKPOINT_CLASSES`; a file naming
+    anything else fails with ``pickle.UnpicklingError`` (naming it) instead of running it."""
+    import importlib
+
+    classes = []
+    for dotted in DEEPSPEED_CHECKPOINT_CLASSES:
+        module, name = dotted.rsplit(".", 1)
+        classes.append(getattr(importlib.import_module(module), name))
+    import pickle
+    import re
+
+    with torch.serialization.safe_globals(classes):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = f"the global {found.group(1)}" if found else "an object torch.load(weights_only=True) refuses"
+            raise pickle.UnpicklingError(f"{path} names {what}, which a checkpoint may not hold (unpickling it could "
+                                         "run code); it was not loaded") from None
+
+
 class DeepSpeedBackend:
     """The training backend over a DeepSpeed engine; same interface as ``mixlora.train.backend.PlainBackend``.
 
@@ -281,6 +309,9 @@ class DeepSpeedBackend:
         if not (path / DS_TAG).is_dir():
             raise FileNotFoundError(f"{folder} holds no DeepSpeed state ({path / DS_TAG} is missing); it was written "
                                     "by trainer.strategy=single, resume with the same strategy")
+        # DeepSpeed's checkpoint engine unpickles with weights_only=False, which runs whatever a file names: a
+        # checkpoint someone shared could execute code. Route its loads through weights_only=True instead.
+        self.engine.checkpoint_engine.load = weights_only_load
         load_path, _ = self.engine.load_checkpoint(str(path), tag=DS_TAG, load_module_strict=False,
                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:

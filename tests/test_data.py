@@ -5,6 +5,7 @@ fixtures' public formats (tests/fixtures/data, see make_fixtures.py for what eac
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -234,6 +235,19 @@ def test_overlong_policies(tmp_path, tok, processor):
     assert "the prompt alone has" in prompt_only.report()["problems"][0]
     with pytest.raises(ValueError, match="overlong='cut' is not a valid option"):
         make_dataset(tmp_path, tok, processor, overlong="cut")
+
+
+def test_truncation_warning_names_the_truncated_record(tmp_path, tok, processor, caplog):
+    long = record(answer="stop " * 40)
+    full_length = make_dataset(tmp_path, tok, processor, records=[long], max_length=1000).lengths[0]
+    limit = full_length - 5
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mixlora.data.dataset"):
+        make_dataset(tmp_path, tok, processor, records=[record(answer="ok"), long], max_length=limit)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 truncated" in warning and "first problem" not in warning and warning.rstrip()[-1] != "-"
+    assert re.search(rf"; first truncated: .*record 1 .*: {full_length} tokens > max_length={limit}; answer "
+                     "truncated$", warning), warning
 
 
 def test_text_only_record_gets_blank_image_and_image_tokens(tmp_path, tok, processor):

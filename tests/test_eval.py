@@ -174,6 +174,10 @@ def test_cvbench_release_folder_and_official_score(tmp_path):
     write_jsonl(file, rows)
     with pytest.raises(TaskError, match=r"cvbench.jsonl line 2: answer 'B' is not of the form"):
         task.examples()
+    rows[1]["answer"] = "(C)"  # a third option of two choices: caught when reading, before any generation
+    write_jsonl(file, rows)
+    with pytest.raises(TaskError, match=r"cvbench.jsonl line 2: answer '\(C\)' points past the 2 choices"):
+        task.examples()
 
 
 # ---------------------------------------------------------------- POPE, TextVQA, classification
@@ -626,3 +630,30 @@ def test_lmms_eval_runs_the_plugin_end_to_end(tmp_path):
     ours = task.score([dict(e.record, prediction=s) for e, s in zip(examples, said)], tmp_path)
     assert results["pope_f1,none"] == pytest.approx(ours["mean"]["f1"])
     assert results["pope_yes_ratio,none"] == pytest.approx(ours["mean"]["yes_ratio"])
+
+
+def test_second_eval_py_on_the_same_output_exits_2_and_writes_nothing(suite, tmp_path):
+    """While another process evaluates OUT, eval.py on OUT stops with exit 2 before writing any prediction."""
+    import os
+    import subprocess
+
+    from mixlora.runlock import run_lock
+
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "eval.py"), "run=null", "model=tiny", f"data_root={suite}",
+               f"output_dir={out}", "tasks=[pope]", "limit=1", f"tokenizer_cache={tmp_path / 'tok'}", "progress=false"]
+    with run_lock(out / "eval", what="eval"):  # this test process is the first evaluation of OUT
+        second = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "Traceback" not in second.stderr and second.stdout == ""
+    assert f"error: {out / 'eval'} is in use by another process (pid {os.getpid()}: eval:" in second.stderr
+    assert "Wait for it to finish, or choose another output folder" in second.stderr
+    assert not (out / "eval/pope").exists()
+
+
+def test_eval_of_a_missing_run_directory_creates_nothing(suite, tmp_path):
+    missing = tmp_path / "no_such_run"
+    cfg = compose_eval([f"run={missing}", f"data_root={suite}", "tasks=[pope]", "limit=1", "progress=false"])
+    with pytest.raises(FileNotFoundError, match=rf"run={missing}: no such directory"):
+        load_eval_script().run_eval(cfg)
+    assert not missing.exists()  # the output lock (RUN/eval/.lock) must not conjure up a run folder

@@ -1,6 +1,9 @@
 """Injection into a tiny random HF Llama, adapter checkpoints, and routing during generation."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,6 +144,48 @@ def test_load_errors(tmp_path):
     inject_adapters(other, AdapterConfig(num_factors=8, rank=2))
     with pytest.raises(ValueError, match="already holds a different adapter"):
         load_adapter(other, tmp_path)
+
+
+
+def test_shape_mismatch_message_states_each_fact_once(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_llama()
+    inject_adapters(model, AdapterConfig(num_factors=4, rank=2))
+    save_adapter(model, tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    saved = load_file(str(weights))
+    bad = sorted(k for k in saved if k.endswith(".lora_a"))[:4]  # four tensors of another shape
+    originals = {k: tuple(saved[k].shape) for k in bad}
+    saved.update({k: torch.zeros(3, 5) for k in bad})
+    save_file(saved, str(weights))
+    with pytest.raises(ValueError) as err:
+        load_adapter(tiny_llama(), tmp_path)
+    message = str(err.value)
+    assert message.count("with other shapes") == 1 and "4 with other shapes (saved vs model), e.g. " in message
+    for k in bad[:3]:  # three examples, then the rest counted
+        assert f"{k} (3, 5) vs {originals[k]}" in message
+    assert bad[3] not in message and "... 1 more" in message
+    assert "missing" not in message and "unexpected" not in message
+
+
+def test_atomic_write_files_get_the_umask_mode_like_open(tmp_path):
+    from mixlora.checkpoint import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.json", lambda tmp: Path(tmp).write_text("{}"))
+        (tmp_path / "plain.json").write_text("{}")
+        os.umask(0o022)
+        atomic_write(tmp_path / "b.json", lambda tmp: Path(tmp).write_text("{}"))
+    finally:
+        os.umask(old)
+    mode = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("a.json", "plain.json", "b.json")}
+    assert mode == {"a.json": 0o640, "plain.json": 0o640, "b.json": 0o644}  # 0o666 minus the umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "plain.json"]  # no temp file left
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(tmp_path / "c.json", lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert not (tmp_path / "c.json").exists() and len(list(tmp_path.iterdir())) == 3  # the temp file is removed
 
 
 def _generate(model, ids, attn, use_cache):

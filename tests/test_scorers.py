@@ -286,6 +286,16 @@ def test_cvbench_bad_answer_names_file_and_line(tmp_path):
         cvbench.score_cvbench(lines[:1], answer_parsing="loose")
 
 
+def test_cvbench_predicted_letter_past_the_choices_is_wrong_not_unparsed():
+    def rec(prediction):
+        return {"type": "2D", "task": "Count", "source": "COCO", "answer": "(A)", "choices": ["x", "y"],
+                "prediction": prediction}
+
+    # "(A)" right; "(C)" and "D" name letters that two choices do not have: parsed, compared with (A), wrong.
+    result = cvbench.score_cvbench([rec("(A)"), rec("(C)"), rec("D")])
+    assert result["plain_accuracy"] == approx(100 / 3) and result["unparsed"] == 0
+
+
 # ---------------------------------------------------------------------------------------------------- POPE
 
 
@@ -583,3 +593,34 @@ def test_cli_malformed_file_message(tmp_path, capsys):
     proc = run_cli("mme", tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
     assert "existence.txt line 1 and" in proc.stderr and "different images" in proc.stderr
+
+
+def test_cli_scores_the_first_record_of_a_repeated_uid_like_eval(tmp_path, capsys):
+    """A predictions file written twice over (two eval.py processes, or a resumed run) is scored as eval.py's
+    metrics.json scores it: PredictionFile keeps the first record of each uid and so does the CLI."""
+    rows = [
+        {"uid": "a", "target": "yes", "split": "random", "prediction": "Yes"},  # TP
+        {"uid": "b", "target": "no", "split": "random", "prediction": "No"},  # TN
+        {"uid": "a", "target": "yes", "split": "random", "prediction": "No"},  # repeat, other answer: dropped
+        {"uid": "c", "target": "no", "split": "random", "prediction": "Yes"},  # FP
+        {"uid": "b", "target": "no", "split": "random", "prediction": "No"},  # repeat, same answer: dropped
+    ]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, out, err = run_main(capsys, "pope", path)
+    assert code == 0
+    split = json.loads(out)["splits"]["random"]
+    # Kept: TP 1, TN 1, FP 1, FN 0 -> accuracy 2/3, precision 1/2, recall 1, F1 2*(1/2)/(3/2) = 2/3.
+    # (Counting the repeats would give TP 1, TN 2, FP 1, FN 1: accuracy 3/5.)
+    assert (split["tp"], split["tn"], split["fp"], split["fn"], split["count"]) == (1, 1, 1, 0, 3)
+    assert split["accuracy"] == approx(200 / 3) and split["f1"] == approx(200 / 3)
+    assert split["precision"] == approx(50.0) and split["recall"] == approx(100.0)
+    assert ("2 record(s) repeat an earlier uid (1 with a different prediction; e.g. uid 'a' on line 3, first on "
+            "line 1); scoring the first record of each uid, as eval.py does.") in err
+    # Line numbers still point into the file after the drop: the bad record is line 4.
+    common = {"type": "2D", "task": "Count", "source": "COCO", "answer": "(A)", "prediction": "A"}
+    bad = [dict(common, uid="x"), dict(common, uid="x", prediction="B"), dict(common, uid="y"),
+           dict(common, uid="z", answer="A")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in bad), encoding="utf-8")
+    code, out, err = run_main(capsys, "cvbench", path)
+    assert code == 2 and out == "" and "predictions.jsonl line 4: answer 'A' is not of the form" in err

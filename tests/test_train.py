@@ -292,7 +292,7 @@ def test_checkpoints_are_atomic_and_pruned(suite, tmp_path, monkeypatch):
     ckpt = out / "checkpoints/step-000006"
     assert {p.name for p in ckpt.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "config.yaml",
                                                 "projector.safetensors", "tokenizer", "optimizer.pt", "scheduler.pt",
-                                                "rng", "trainer_state.json"}
+                                                "rng", "trainer_state.json", "manifest.json"}
     assert [p.name for p in (ckpt / "rng").iterdir()] == ["rank0.pt"]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
 

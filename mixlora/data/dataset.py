@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import multiprocessing
+import re
 from collections import Counter
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
@@ -123,6 +124,40 @@ def _where(source, index, task_name) -> str:
     return f"{source}: record {index} (task_name={task_name!r})"
 
 
+def malformed_message(source, index, task_name, err) -> str:
+    """The message for a malformed record (``on_error='raise'`` raises it, ``'skip'`` counts it)."""
+    return (f"{_where(source, index, task_name)}: {err}. Fix the record, or remove it with "
+            "data/prepare_vision_flan.py, or load with on_error='skip'.")
+
+
+def read_annotations(path, cache_dir: str | None = None):
+    """The records of a training file, a JSON list or JSON Lines of objects, as a ``datasets.Dataset`` (one row
+    per record; keys missing from a record are None). The single reader of training files, so the tokenizer
+    corpus and :class:`ConversationDataset` accept and refuse the same files. DataError names the file."""
+    import datasets
+
+    empty = (f"{path}: the file holds no records. Point it at a JSON list (or JSON Lines) of training records, e.g. "
+             "the synthetic suite's train.json.")
+    try:
+        records = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
+    except Exception as err:  # datasets/pyarrow errors neither name the file nor say what is wrong in words
+        with open(path, "rb") as f:
+            head = f.read(1024)
+        if re.fullmatch(rb"\s*(\[\s*\])?\s*", head):  # an empty file or [] (datasets: "no data" / StopIteration)
+            raise DataError(empty) from err
+        cause = err
+        for _ in range(10):  # the JSON parser's own words are the deepest cause of datasets' generic error
+            inner = cause.__cause__ or cause.__context__
+            if inner is None:
+                break
+            cause = inner
+        raise DataError(f"{path}: not a readable JSON list of records ({type(cause).__name__}: {cause}). Check "
+                        "the file is a JSON list (or JSON Lines) of objects.") from err
+    if len(records) == 0:
+        raise DataError(empty)
+    return records
+
+
 def _encode_batch(batch, indices, *, source, template, tokenizer, num_image_tokens, max_length, overlong,
                   default_task_name):
     """datasets.map function: validate, render, tokenise and apply the over-length policy to a batch."""
@@ -139,8 +174,7 @@ def _encode_batch(batch, indices, *, source, template, tokenizer, num_image_toke
             # Template-specific limits (e.g. plain takes one exchange) surface here as ValueError.
             segments = render_conversation(get_template(template), turns, with_image=True)
         except ValueError as err:  # RecordError is a ValueError
-            row.update(status=MALFORMED, message=f"{_where(source, index, raw_task)}: {err}. Fix the record, or "
-                       "remove it with data/prepare_vision_flan.py, or load with on_error='skip'.")
+            row.update(status=MALFORMED, message=malformed_message(source, index, raw_task, err))
         else:
             row.update(task_name=task_name, image=image)
             ids, labels = encode_segments(segments, tokenizer)
@@ -230,8 +264,6 @@ class ConversationDataset(Dataset):
                  overlong: str = "truncate_answer", on_error: str = "skip", check_images: bool = True,
                  default_task_name: str | None = None, max_replacements: int = 16, cache_dir: str | None = None,
                  num_proc: int | None = None):
-        import datasets
-
         check_choice("overlong", overlong, OVERLONG_POLICIES)
         check_choice("on_error", on_error, ON_ERROR)
         get_template(template)
@@ -251,11 +283,7 @@ class ConversationDataset(Dataset):
         self.on_error = on_error
         self.max_replacements = max_replacements
 
-        try:
-            raw = datasets.load_dataset("json", data_files=self.annotations, split="train", cache_dir=cache_dir)
-        except Exception as err:  # the datasets/pyarrow errors do not say which file; re-raise with it
-            raise DataError(f"{self.annotations}: not a readable JSON list of records ({type(err).__name__}: "
-                            f"{err}). Check the file is a JSON list (or JSON Lines) of objects.") from err
+        raw = read_annotations(self.annotations, cache_dir)
         encode = functools.partial(
             _encode_batch, source=self.annotations, template=template, tokenizer=tokenizer,
             num_image_tokens=num_image_tokens, max_length=max_length, overlong=overlong,
@@ -265,6 +293,8 @@ class ConversationDataset(Dataset):
         status = list(rows["status"])
         messages = rows["message"]
         problems = [messages[i] for i, s in enumerate(status) if s not in (_OK, _TRUNCATED)]
+        # Truncated samples are kept, so they are not "problems", but the warning about them shows one of them.
+        self._first_truncated = next((messages[i] for i, s in enumerate(status) if s == _TRUNCATED), None)
         self._raise_if(on_error == "raise", [messages[i] for i, s in enumerate(status) if s == MALFORMED])
         self._raise_if(overlong == "error", [messages[i] for i, s in enumerate(status) if s == OVERLONG])
 
@@ -315,7 +345,10 @@ class ConversationDataset(Dataset):
                    f"({r['text_only']} text-only, {r['truncated']} truncated); skipped {skipped}: "
                    + ", ".join(f"{k}={v}" for k, v in r["skipped"].items()))
         if skipped or r["truncated"]:
-            logger.warning("%s; first problem: %s", summary, r["problems"][0] if r["problems"] else "-")
+            # Every skipped kind leaves a problem message, and every truncation a message of its own.
+            examples = [f"first problem: {r['problems'][0]}"] if r["problems"] else []
+            examples += [f"first truncated: {self._first_truncated}"] if self._first_truncated else []
+            logger.warning("%s; %s", summary, "; ".join(examples))
         else:
             logger.info(summary)
 

@@ -7,7 +7,9 @@ Records (JSONL, one per question; the dataset's fields plus our ``prediction``):
 
 Required: ``type`` ("2D" or "3D"), ``task``, ``source``, ``answer`` ("(X)" with X an upper-case letter) and
 ``prediction``. ``choices`` (a list of strings) is needed only for choice-text matching and, when present,
-is used to check that the answer letter exists.
+is used to check that the answer letter exists: a ground-truth letter past the choices is an error (the record
+is broken), while a predicted letter past them, e.g. "(E)" of four choices, is simply wrong, as in the official
+rule (extract a letter, compare it with the answer), and is not counted as ``unparsed``.
 
 Parsing a prediction into a letter (``answer_parsing``):
 
@@ -124,7 +126,8 @@ def score_cvbench(records: Sequence[Mapping], answer_parsing: str = "letter") ->
                 )
             if ord(gold) - ord("A") >= len(choices):
                 raise ScoringError(
-                    f"cvbench: {locate(records, i)}: answer {answer!r} points past the {len(choices)} choices."
+                    f"cvbench: {locate(records, i)}: answer {answer!r} points past the {len(choices)} choices; fix the "
+                    "record's answer or choices."
                 )
         letter = parse_prediction(prediction, choices, answer_parsing)
         unparsed += letter is None

@@ -8,7 +8,8 @@
     python -m mixlora.eval.score mmavg SCORES.json [--allow-partial] [--pope-metric f1|accuracy]
 
 Every command accepts ``--output FILE`` to also write the JSON to a file. Percent values throughout.
-Malformed input exits with status 2 and a one-line message on stderr (no traceback).
+Malformed input exits with status 2 and a one-line message on stderr (no traceback). In a JSONL file, records
+repeating an earlier record's ``uid`` are dropped with a warning: the first one is scored, as eval.py does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import ScoringError, read_jsonl
+from . import JsonlRecords, ScoringError, read_jsonl
 from .aggregate import POPE_METRICS, mmavg
 from .classification import MATCHING, score_classification
 from .cvbench import ANSWER_PARSING, score_cvbench
@@ -29,25 +30,59 @@ from .pope import score_pope
 from .textvqa import score_textvqa
 
 
+def read_predictions(path: str | Path) -> JsonlRecords:
+    """Read a predictions JSONL, keeping only the first record of each ``uid`` (warning on stderr if any repeat).
+
+    Why drop rather than refuse, and why the first: eval.py's metrics.json is computed by the same rule
+    (``mixlora.tasks.predictions.PredictionFile`` keeps a uid's first answer and warns about the rest), and a
+    file that a resumed or doubled run wrote is exactly what this command gets asked to re-score. Refusing would
+    make the CLI unable to reproduce a number eval.py reported; counting repeats (the old behaviour) weights
+    those examples twice. Records without a string ``uid`` (hand-made files) have no identity and are all kept.
+    """
+    records = read_jsonl(path)
+    kept, lines, first = [], [], {}
+    repeats = conflicts = 0
+    example = None
+    for record, line in zip(records, records.line_numbers):
+        uid = record.get("uid")
+        if isinstance(uid, str) and uid in first:
+            repeats += 1
+            earlier = first[uid]
+            if record.get("prediction") != earlier[0].get("prediction"):
+                conflicts += 1
+            if example is None:
+                example = f"uid {uid!r} on line {line}, first on line {earlier[1]}"
+            continue
+        if isinstance(uid, str):
+            first[uid] = (record, line)
+        kept.append(record)
+        lines.append(line)
+    if repeats:
+        print(f"warning: {records.path}: {repeats} record(s) repeat an earlier uid ({conflicts} with a different "
+              f"prediction; e.g. {example}); scoring the first record of each uid, as eval.py does.",
+              file=sys.stderr)
+    return JsonlRecords(kept, records.path, lines)
+
+
 def _mme(args) -> dict:
     return score_results_dir(args.path, parser=args.parser)
 
 
 def _cvbench(args) -> dict:
-    return score_cvbench(read_jsonl(args.path), answer_parsing=args.answer_parsing)
+    return score_cvbench(read_predictions(args.path), answer_parsing=args.answer_parsing)
 
 
 def _pope(args) -> dict:
     split_field = None if args.split_field == "" else args.split_field
-    return score_pope(read_jsonl(args.path), target_field=args.target_field, split_field=split_field)
+    return score_pope(read_predictions(args.path), target_field=args.target_field, split_field=split_field)
 
 
 def _textvqa(args) -> dict:
-    return score_textvqa(read_jsonl(args.path))
+    return score_textvqa(read_predictions(args.path))
 
 
 def _classification(args) -> dict:
-    return score_classification(read_jsonl(args.path), task=args.task, labels=args.labels, matching=args.matching)
+    return score_classification(read_predictions(args.path), task=args.task, labels=args.labels, matching=args.matching)
 
 
 def _mmavg(args) -> dict:

@@ -79,9 +79,18 @@ class CVBenchTask:
                                  "answer, choices, filename or image_path")
                 if record["type"] not in TYPES:
                     raise TaskError(f"{self.name}: {locate(records, i)}: type {record['type']!r} is not 2D or 3D.")
-                if parse_answer_field(record["answer"]) is None:
+                letter = parse_answer_field(record["answer"])
+                if letter is None:
                     raise TaskError(f"{self.name}: {locate(records, i)}: answer {record['answer']!r} is not of the "
                                     "form '(X)'.")
+                # Checked here as well as by the scorer, so a bad record fails before generation, not after it.
+                choices = record.get("choices")
+                if choices is not None and not isinstance(choices, list):
+                    raise TaskError(f"{self.name}: {locate(records, i)}: 'choices' must be a list, got "
+                                    f"{type(choices).__name__}.")
+                if choices is not None and ord(letter) - ord("A") >= len(choices):
+                    raise TaskError(f"{self.name}: {locate(records, i)}: answer {record['answer']!r} points past "
+                                    f"the {len(choices)} choices; fix the record's answer or choices.")
                 if "idx" not in record:
                     raise TaskError(f"{self.name}: {locate(records, i)}: field 'idx' is missing.")
                 image = self._record_image(records, i, file.parent)

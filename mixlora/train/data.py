@@ -57,12 +57,19 @@ def ensure_synthetic(data: DataSettings) -> Optional[Path]:
 
 
 def check_data_paths(data: DataSettings) -> None:
-    """Clear errors for a missing annotation file or image folder (after any generation)."""
+    """Clear errors for a missing, unreadable or empty annotation file or a missing image folder (after any
+    generation)."""
     annotations = Path(data.annotations)
     if not annotations.is_file():
         raise ConfigError(f"data.annotations: training file {str(annotations)!r} does not exist; prepare it "
                           "(data/prepare_vision_flan.py for Vision-Flan; python data/make_synthetic.py --out "
                           "data/synthetic --seed 0 for the synthetic suite, or set data.generate) or fix the path")
+    from mixlora.data.dataset import DataError, read_annotations
+
+    try:  # read as the dataset reads it (cached for it), so a broken or empty file stops before any work
+        read_annotations(annotations, data.cache_dir)
+    except DataError as err:
+        raise ConfigError(f"data.annotations: {err}") from err
     if data.image_folder is not None and not Path(data.image_folder).is_dir():
         raise ConfigError(f"data.image_folder: image folder {data.image_folder!r} does not exist; set "
                           "data.image_folder to the folder the records' `image` paths are relative to")
@@ -169,6 +176,10 @@ def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_toke
     with each sample's task definition attached when ``data.task_definitions`` is set; returns (dataset, lengths)."""
     from mixlora.data.dataset import ConversationDataset
 
+    if data.max_length <= num_image_tokens:  # known only now: the image token count is the model's
+        raise ConfigError(f"data.max_length={data.max_length} leaves no room for text: every sample holds the model's "
+                          f"{num_image_tokens} image positions; raise data.max_length well above {num_image_tokens} "
+                          "(configs/data/synthetic.yaml has 256 for the tiny stack's 64)")
     ds = ConversationDataset(data.annotations, tokenizer, image_processor, num_image_tokens,
                              image_folder=data.image_folder, template=data.template, max_length=data.max_length,
                              overlong=data.overlong, on_error=data.on_error, check_images=data.check_images,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .settings import LoggerSettings
-from .state import METRICS
+from .state import METRICS, read_jsonl
 
 
 
@@ -90,7 +90,4 @@ class MetricsLogger:
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
-    path = Path(output_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(output_dir) / METRICS)

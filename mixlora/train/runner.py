@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -22,15 +23,17 @@ from typing import Any, Optional
 
 import torch
 
+from mixlora.runlock import RunLock
+
 from .data import MicroBatchStream, build_dataset, check_data_paths, ensure_synthetic, probe_batch
 from .loop import probe_loss, train_steps
 from .metrics import MetricsLogger, read_metrics
 from .optim import build_optimizer, build_scheduler, warmup_steps_for
 from .params import count_parameters, format_counts
 from .settings import ConfigError
-from .state import (RUN_FILE, RUN_FORMAT, SUMMARY, TrainerState, list_checkpoints, load_rng, read_run_file,
-                    read_trainer_state, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
-                    wipe_run_outputs, write_json)
+from .state import (RUN_FILE, RUN_FORMAT, SUMMARY, TrainerState, list_checkpoints, load_rng, plan_output_dir,
+                    read_run_file, read_trainer_state, remove_leftovers, save_checkpoint, seed_everything,
+                    set_rng_state, truncate_metrics, wipe_run_outputs, write_json, _other_checkpoint_hint)
 from .validate import Plan, preflight
 
 logger = logging.getLogger("mixlora.train")
@@ -45,6 +48,7 @@ def _claim_output_dir(plan: Plan, dist, overrides: list[str]) -> dict:
         previous = read_run_file(out) if plan.output.mode == "resume" else None
         if plan.output.wipe:
             wipe_run_outputs(out)
+        remove_leftovers(out)
         if plan.output.mode == "resume":
             truncate_metrics(out, read_trainer_state(plan.output.checkpoint)["step"])
         meta = {"format": RUN_FORMAT, "status": "running", "fingerprint": plan.fingerprint,
@@ -66,6 +70,21 @@ def _build_tokenizer(plan: Plan):
         # The tokenizer the checkpoint was trained with (a local BPE retrained on changed data would differ).
         return AutoTokenizer.from_pretrained(str(plan.output.checkpoint / RUN_TOKENIZER))
     return build_tokenizer_from_config(plan.config["model"]["tokenizer"], [plan.data.annotations])
+
+
+def _load_resumed_state(checkpoint: Path, load) -> None:
+    """Run ``load()`` (reading ``checkpoint``); a file that cannot be read becomes one message naming it and where
+    else to resume from. (A manifest-verified checkpoint reads; this covers damage its manifest cannot see.)"""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        load()
+    except (SafetensorError, pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, KeyError) as err:
+        raise ConfigError(f"checkpoint {checkpoint} cannot be loaded ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); " + _other_checkpoint_hint(checkpoint)) \
+            from err
 
 
 def _load_checkpoint_weights(model, checkpoint: Path) -> None:
@@ -109,15 +128,36 @@ def _saved_params(model, train_llm: bool) -> list:
 
 
 def run(cfg: Any, overrides: Optional[list[str]] = None) -> dict:
-    """Train as ``cfg`` (the composed configs/train.yaml) says; returns the summary (also in summary.json)."""
-    from omegaconf import OmegaConf
+    """Train as ``cfg`` (the composed configs/train.yaml) says; returns the summary (also in summary.json).
 
-    from mixlora import distributed as D
-    from mixlora.build import Stack, build_stack, save_run
-    from mixlora.data.collator import TrainingCollator
-    from mixlora.inject import inject_adapters
-
+    Rank 0 holds ``output_dir/.lock`` throughout (:mod:`mixlora.runlock`): a second process on the same
+    output_dir stops at once. An exception after output_dir was claimed marks run.json "failed" (with the error),
+    so the same command can start a run that never trained again.
+    """
     plan = preflight(cfg)
+    if plan.output.mode == "done":
+        logger.info(plan.output.note)
+        print(f"train.py: {plan.output.note}", flush=True)
+        return json.loads((plan.output.output_dir / SUMMARY).read_text())
+    lock = RunLock(plan.output.output_dir, "training")
+    if plan.rank == 0:
+        lock.acquire()
+    try:
+        return _run_locked(plan, overrides, lock)
+    finally:
+        lock.release()
+
+
+def _run_locked(plan: Plan, overrides: Optional[list[str]], lock: RunLock) -> dict:
+    from mixlora import distributed as D
+
+    if lock.held:
+        # Decide again now that no other process can change output_dir (preflight's look was unlocked).
+        again = plan_output_dir(plan.output.output_dir, plan.fingerprint, plan.config.get("resume", False),
+                                plan.config["overwrite"])
+        if (again.mode, again.checkpoint, again.wipe) != (plan.output.mode, plan.output.checkpoint, plan.output.wipe):
+            raise ConfigError(f"{plan.output.output_dir} changed while this run was starting (another process "
+                              "wrote it); run the command again")
     tr, out = plan.trainer, plan.output.output_dir
     seed = int(plan.config["seed"])
     if tr.strategy == "deepspeed":
@@ -129,6 +169,22 @@ def run(cfg: Any, overrides: Optional[list[str]] = None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     meta = _claim_output_dir(plan, dist, overrides or [])
     dist.barrier()
+    try:
+        return _train(plan, dist, meta, tr, out, seed)
+    except BaseException as err:
+        if dist.is_main and meta.get("status") == "running":
+            meta.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000])
+            write_json(out / RUN_FILE, meta)
+        raise
+
+
+def _train(plan: Plan, dist, meta: dict, tr, out: Path, seed: int) -> dict:
+    from omegaconf import OmegaConf
+
+    from mixlora import distributed as D
+    from mixlora.build import Stack, build_stack, save_run
+    from mixlora.data.collator import TrainingCollator
+    from mixlora.inject import inject_adapters
 
     # ---- data files, tokenizer, model
     if dist.is_main:
@@ -154,7 +210,7 @@ def run(cfg: Any, overrides: Optional[list[str]] = None) -> dict:
     if train_llm:
         model.llm.requires_grad_(True)  # stage-1 style full training (validated: no adapter)
     if plan.output.mode == "resume":
-        _load_checkpoint_weights(model, plan.output.checkpoint)
+        _load_resumed_state(plan.output.checkpoint, lambda: _load_checkpoint_weights(model, plan.output.checkpoint))
     counts = count_parameters(model)
     if counts["all"]["trainable"] == 0:
         raise ConfigError("nothing to train: no adapter (adapter=none) and a frozen projector "
@@ -209,9 +265,9 @@ def run(cfg: Any, overrides: Optional[list[str]] = None) -> dict:
         if saved["total_steps"] != total_steps:
             raise ConfigError(f"{plan.output.checkpoint} was scheduled for {saved['total_steps']} steps, this run for "
                               f"{total_steps} (did the training data change?); the LR schedule would not continue")
-        backend.load_state(plan.output.checkpoint)
+        _load_resumed_state(plan.output.checkpoint, lambda: backend.load_state(plan.output.checkpoint))
         state = TrainerState.from_json(saved)
-        set_rng_state(load_rng(plan.output.checkpoint, dist.rank))
+        _load_resumed_state(plan.output.checkpoint, lambda: set_rng_state(load_rng(plan.output.checkpoint, dist.rank)))
 
     # ---- logging, saving
     if dist.is_main:

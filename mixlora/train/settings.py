@@ -62,6 +62,24 @@ def _positive_int(node: str, name: str, value: Any, allow_none: bool = False, al
         raise ConfigError(f"{node}.{name} must be {what}{' or null' if allow_none else ''}, got {value!r}")
 
 
+def _check_optimizer_class(target: Any) -> None:
+    """``trainer.optimizer._target_`` names an importable torch optimizer class: checked here, since the
+    optimiser is only created after the data and the model are loaded."""
+    import importlib
+
+    import torch
+
+    module, _, name = str(target).rpartition(".")
+    try:  # not hydra's get_class: it logs its own error lines before raising
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:  # ValueError: no module part ("AdamW")
+        raise ConfigError(f"trainer.optimizer._target_={target!r} cannot be imported ({type(err).__name__}: {err}); "
+                          "fix the name, e.g. trainer.optimizer._target_=torch.optim.AdamW") from err
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"trainer.optimizer._target_={target!r} is not a torch.optim.Optimizer subclass; use an "
+                          "optimizer class, e.g. torch.optim.AdamW")
+
+
 @dataclass
 class TrainerSettings:
     """The ``trainer`` node: strategy, length, batch, optimiser, schedule, precision, checkpoints, logging.
@@ -135,6 +153,7 @@ class TrainerSettings:
         self.optimizer = dict(self.optimizer)
         if "_target_" not in self.optimizer:
             raise ConfigError("trainer.optimizer needs a _target_ (e.g. torch.optim.AdamW) and _partial_: true")
+        _check_optimizer_class(self.optimizer["_target_"])
         if self.optimizer.get("_partial_") is not True:
             raise ConfigError("trainer.optimizer needs `_partial_: true`: the trainer passes the parameter groups")
         lr = self.optimizer.get("lr")

@@ -5,7 +5,8 @@ and the fix, for: unset ``???`` values, unknown keys and invalid option values (
 rank >= num_factors, a missing DeepSpeed file or one with ``"auto"``/reserved keys, a global batch not
 divisible by world_size x micro batch, a multi-process launch of the single-process trainer, a CUDA device or
 bf16 that is not available, model paths without weights (LLM folder, CLIP folder, projector, init checkpoint,
-tokenizer folder), target modules the LLM does not have (checked on an empty "meta" copy of a local LLM), and
+tokenizer folder), a model builder that is not one of the project's (``mixlora.build.BUILDER_TARGETS``), target
+modules the LLM does not have (checked on an empty "meta" copy of a local LLM), and
 an output_dir holding another run (see :mod:`mixlora.train.state`), a missing training file or image
 folder (unless the synthetic suite is to be generated first; then they are checked right after), and task
 routing without task definitions (or definitions without task routing, or a training task without one).
@@ -187,6 +188,17 @@ def check_model_paths(model: dict) -> None:
         raise ConfigError(f"model.init_checkpoint: {model['init_checkpoint']!r} does not exist")
 
 
+def check_builder(model: dict) -> None:
+    """Only the project's model builders (or ones trusted by name) are called: checked before any work is done
+    (see :func:`mixlora.build.check_builder_targets`)."""
+    from mixlora.build import UntrustedConfigError, check_builder_targets
+
+    try:
+        check_builder_targets(model.get("builder"), source="the model config (configs/model/*.yaml + overrides)")
+    except UntrustedConfigError as err:
+        raise ConfigError(str(err)) from err
+
+
 def check_targets_on_meta(model: dict, adapter) -> None:
     """For a local LLM (``builder.llm.path``), find the adapter targets on an empty meta-device copy built from
     its config.json; unknown target modules fail here rather than after the weights are loaded."""
@@ -274,6 +286,7 @@ def preflight(cfg: Any, world: Optional[int] = None, rank: Optional[int] = None)
         from .data import check_data_paths
 
         check_data_paths(data)  # else: checked after the synthetic suite is generated
+    check_builder(config["model"])
     check_model_paths(config["model"])
     check_targets_on_meta(config["model"], adapter)
     fp = fingerprint(config)
