@@ -95,8 +95,9 @@ def corpus_texts(files: Iterable[str | Path], on_error: str = "skip",
     for f in files:
         path = Path(f)
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer corpus file {path} does not exist (generate the synthetic suite with "
-                                    "`python data/make_synthetic.py --out data/synthetic --seed 0`, or fix the path)")
+            raise DataError(f"tokenizer corpus file {path} does not exist (model.tokenizer.corpus, or the training "
+                            "annotations); generate the synthetic suite with `python data/make_synthetic.py --out "
+                            "data/synthetic --seed 0`, or fix the path")
         for index, record in enumerate(read_annotations(path, cache_dir)):
             try:
                 _, _, turns = parse_record(record, default_task_name=_ANY_TASK)

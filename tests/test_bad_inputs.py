@@ -274,3 +274,12 @@ def test_eval_unknown_task_name_is_a_task_error_before_anything_else(tmp_path):
     with pytest.raises(TaskError, match=r"tasks lists 'mmee', but there is no task config for it; known: \['cifar10'"):
         script.run_eval(cfg)  # main() turns a TaskError into exit status 2
     assert not (tmp_path / "suite").exists()  # refused before the synthetic suite would be generated
+
+
+def test_cli_missing_tokenizer_corpus_file_exits_2(suite, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *small(suite, tmp_path / "run"),
+                           f"model.tokenizer.corpus=[{tmp_path / 'nope.json'}]"], env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "tokenizer corpus file" in proc.stderr and "nope.json does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
