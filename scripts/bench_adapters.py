@@ -23,12 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
-import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -36,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mixlora import LoRALinear, MixLoRALinear, routing
-from mixlora.profiling import saved_activations
+from mixlora.profiling import run_metadata, saved_activations, timed
 
 
 class DenseReleased(nn.Module):
@@ -79,13 +74,7 @@ def saved_activation_bytes(module, x, grad):
 
 
 def fwd_bwd(module, x, grad, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    module(x).backward(grad)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return timed(lambda: module(x).backward(grad), device)
 
 
 def cuda_peak_bytes(module, x, grad):
@@ -192,13 +181,8 @@ def main(argv=None):
         shape_rows = bench_shape(d_in, d_out, args, device, dtype)
         rows += shape_rows
         rats[shape] = ratios(shape_rows, args.rank, args.factors)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = dict(
-        command="python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), git=git or "unknown",
-        torch=torch.__version__,
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        machine=platform.processor() or platform.machine(),
+        **run_metadata(device, argv, script=__file__),
         memory_metric=("peak allocated during fwd+bwd above idle (torch.cuda.max_memory_allocated)"
                        if device.type == "cuda" else
                        "bytes of activations saved for backward (parameters excluded, storages deduplicated)"),
