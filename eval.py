@@ -114,6 +114,20 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _weights_digest(run: Path) -> str:
+    """sha256 (first 16 hex digits) over the weight files of a run directory, in a fixed order."""
+    from mixlora.build import RUN_MODEL, RUN_PROJECTOR
+    from mixlora.checkpoint import WEIGHTS_NAME, hash_file
+
+    h = hashlib.sha256()
+    for name in (WEIGHTS_NAME, RUN_PROJECTOR, RUN_MODEL):
+        path = run / name
+        if path.is_file():
+            h.update(name.encode())
+            hash_file(path, h)
+    return h.hexdigest()[:16]
+
+
 def load_stack(cfg: DictConfig):
     """(Stack, source) for ``cfg.run`` (a run directory) or, with run=null, the base model of ``cfg.model``."""
     from mixlora.build import build_stack, build_tokenizer_from_config, load_run
@@ -123,7 +137,9 @@ def load_stack(cfg: DictConfig):
     if cfg.run is not None:
         stack, run_cfg = load_run(cfg.run, device=cfg.device, dtype=dtype)
         model_cfg = OmegaConf.to_container(run_cfg.model, resolve=True)
-        source = {"run": str(Path(cfg.run).resolve()), "model": model_cfg["builder"]["_target_"]}
+        # What the predictions came from: the run's weights, not its path, so a moved or copied run resumes (and a
+        # retrained one in the same folder does not mix its answers with the old ones).
+        source = {"run_weights": _weights_digest(Path(cfg.run)), "model": model_cfg["builder"]["_target_"]}
         trained = OmegaConf.select(run_cfg, "data.template", default=None)
         if trained is not None and trained != cfg.decoding.template:
             logger.warning("evaluating with template %s, but %s was trained with %s (the released code's mismatch); "
@@ -163,15 +179,23 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def run_eval(cfg: DictConfig) -> dict:
     """Everything ``python eval.py`` does, for a composed config; returns the summary (eval/metrics.json)."""
-    from mixlora.evaluate import Decoding, check_task_definitions, evaluate, load_examples, resolve_task_definitions
+    from mixlora.evaluate import (Decoding, check_progress_interval, check_task_definitions, evaluate, load_examples,
+                                  resolve_task_definitions)
     from mixlora.options import check_choice
     from mixlora.eval.aggregate import POPE_METRICS
+    from mixlora.progress import resolve_progress
     from mixlora.runlock import run_lock
+    from mixlora.tasks.common import TaskError
 
     check_choice("pope_metric", cfg.pope_metric, POPE_METRICS)
+    try:  # checked before any data or model is touched
+        progress = resolve_progress(cfg.progress)
+        every_s = check_progress_interval(cfg.progress_every_s)
+    except ValueError as err:
+        raise TaskError(str(err)) from err
     check_task_names(cfg)
     if cfg.synthetic.generate_if_missing and needs_synthetic(cfg):
-        ensure_synthetic_suite(cfg.data_root, seed=int(cfg.synthetic.seed), progress=bool(cfg.progress))
+        ensure_synthetic_suite(cfg.data_root, seed=int(cfg.synthetic.seed), progress=progress == "bar")
     tasks = build_tasks(cfg)
     decoding = Decoding.coerce(cfg.decoding)
     examples = load_examples(tasks, cfg.limit, decoding)  # data errors surface before the model is loaded
@@ -188,7 +212,8 @@ def run_eval(cfg: DictConfig) -> dict:
         stack, source = load_stack(cfg)
         summary = evaluate(stack, tasks, out, decoding, batch_size=int(cfg.batch_size), limit=cfg.limit,
                            overwrite=bool(cfg.overwrite), device=cfg.device, pope_metric=cfg.pope_metric,
-                           source=source, progress=bool(cfg.progress), examples=examples, definitions=definitions)
+                           source=source, progress=progress, examples=examples, definitions=definitions,
+                           progress_every_s=every_s)
     logger.info("wrote %s", out / "eval")
     return summary
 

@@ -72,7 +72,7 @@ def _record(subtask: str, image_name: str, image_path: Path, question: str, answ
 def from_release(src: Path, problems: list) -> dict[str, list[dict]]:
     """Read the release folder; returns {subtask: records} for the subtasks present."""
     out = {}
-    for subtask in tqdm(SUBTASKS, desc="MME subtasks"):
+    for subtask in tqdm(SUBTASKS, desc="MME subtasks", disable=None):  # None: only on a terminal (eval.py reads too)
         folder = src / subtask
         if not folder.is_dir():
             continue

@@ -48,7 +48,7 @@ RUN_MODEL = "model.safetensors"
 # config from elsewhere, such as a shared run directory's config.yaml, could run any Python function.
 BUILDER_TARGETS = frozenset({
     "mixlora.model.tiny.build_tiny_llava",  # configs/model/tiny.yaml
-    "mixlora.build.build_pretrained_llava",  # configs/model/llava_v1_vicuna7b.yaml
+    "mixlora.build.build_pretrained_llava",  # configs/model/llava_v1_vicuna7b.yaml, smollm2_clip.yaml
     "mixlora.model.llava.build_llava",
     "mixlora.model.vision.build_vision_tower",
     "mixlora.model.vision.OpenClipVisionTower",

@@ -35,6 +35,17 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def hash_file(path: str | os.PathLike, digest=None):
+    """Feed the bytes of ``path`` into ``digest`` (a new sha256 if None) in 4 MiB blocks; returns the digest."""
+    import hashlib
+
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, so the rename is atomic).
 

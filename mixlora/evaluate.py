@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
 from .data.collator import GenerationCollator
 from .data.templates import encode_segments, expand_image_tokens, get_template, image_token_id_of, render_prompt
 from .options import DECODE_ROUTING, check_choice
+from .progress import TaskProgress, resolve_progress
 from .tasks.common import PROMPT_MODES, Example, Task, TaskError, definition_keys, find_definition, jsonable
 from .tasks.predictions import PredictionFile
 from .tasks.report import results_markdown, summarize
@@ -227,12 +227,14 @@ def _batch_seed(seed: int, task: str, uid: str) -> int:
 
 def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max_new_tokens: int,
                      batch_size: int = 8, device: str | torch.device = "cpu", task_name: str = "task",
-                     progress: Optional[tqdm] = None,
+                     progress: Optional[TaskProgress] = None,
                      definitions: Optional[Mapping[str, str]] = None) -> Iterator[list[tuple[Example, str]]]:
     """Yield ``[(example, prediction)]`` per batch, in order (see the module docstring).
 
     ``definitions``: {key: text} for a task-routed model; each example routes on the definition found by
     ``find_definition(task_name, example, definitions)``, rendered with ``decoding.template`` (no image).
+    ``progress``: anything with ``update(n)`` (a :class:`~mixlora.progress.TaskProgress`, a tqdm bar), told
+    after each batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -281,17 +283,22 @@ def prediction_record(example: Example, prediction: str) -> dict:
 
 def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | Mapping, batch_size: int = 8,
                   limit: Optional[int] = None, overwrite: bool = False, device: str | torch.device = "cpu",
-                  source: Optional[dict] = None, progress: bool = True,
+                  source: Optional[dict] = None, progress: bool | str = True,
                   examples: Optional[Sequence[Example]] = None,
-                  definitions: Optional[Mapping[str, str]] = None) -> dict:
+                  definitions: Optional[Mapping[str, str]] = None, progress_every_s: float = 30.0) -> dict:
     """Generate (resuming), score and write ``out_dir/eval/<task>/{predictions.jsonl,metrics.json}``.
 
     ``examples``: the task's examples if already loaded (``task.examples(limit, decoding.prompts)`` otherwise).
     ``definitions``: {key: text}, required by (and only accepted for) a model with task routing (module docstring).
+    ``progress``: ``auto`` (true), ``bar``, ``lines`` or ``none`` (false), :mod:`mixlora.progress`; in lines mode
+    a line ``<task>: done/total examples | ex/s | ETA`` at most every ``progress_every_s`` seconds (0: every
+    batch) and at the end.
     Returns the task's metrics dict: ``{"task", "headline", "scores", "samples", "generated", "reused", "limit",
     "max_new_tokens"}`` (``scores`` = the official scorer's output for the written files).
     """
     decoding = Decoding.coerce(decoding)
+    mode = resolve_progress(progress)
+    check_progress_interval(progress_every_s)
     folder = Path(out_dir) / EVAL_DIR / task.name
     if examples is None:
         examples = task.examples(limit, decoding.prompts)
@@ -311,7 +318,7 @@ def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | M
     reused = len(examples) - len(pending)
     if reused:
         logger.info("%s: resuming, %d of %d examples already predicted", task.name, reused, len(examples))
-    with tqdm(total=len(examples), initial=reused, desc=f"eval {task.name}", unit="ex", disable=not progress) as bar:
+    with TaskProgress(task.name, len(examples), reused, mode, progress_every_s, emit=logger.info) as bar:
         for pairs in generate_answers(stack, pending, decoding, max_new, batch_size, device, task.name, bar,
                                       definitions=definitions):
             records = [prediction_record(ex, text) for ex, text in pairs]
@@ -346,16 +353,18 @@ def load_examples(tasks: Mapping[str, Task], limit: Optional[int], decoding: Dec
 def evaluate(stack, tasks: Mapping[str, Task], out_dir: str | Path, decoding: Decoding | Mapping,
              batch_size: int = 8, limit: Optional[int] = None, overwrite: bool = False,
              device: str | torch.device = "cpu", pope_metric: str = "f1", source: Optional[dict] = None,
-             progress: bool = True, on_task: Optional[Callable[[str, dict], None]] = None,
+             progress: bool | str = True, on_task: Optional[Callable[[str, dict], None]] = None,
              examples: Optional[Mapping[str, Sequence[Example]]] = None,
-             definitions: Optional[Mapping[str, str]] = None) -> dict:
+             definitions: Optional[Mapping[str, str]] = None, progress_every_s: float = 30.0) -> dict:
     """Evaluate every task in order, then write ``eval/metrics.json`` and ``eval/results.md``; returns the summary.
 
     ``examples``: {task name: its examples} when already read (see :func:`load_examples`).
     ``definitions``: {key: text} for a model with task routing (module docstring); every task's keys are checked
-    before the first task is generated.
+    before the first task is generated. ``progress``, ``progress_every_s``: as :func:`evaluate_task`.
     """
     decoding = Decoding.coerce(decoding)
+    resolve_progress(progress)  # bad values fail before the first task
+    check_progress_interval(progress_every_s)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     sets = [t.mmavg_set for t in tasks.values() if t.mmavg_set is not None]
@@ -370,7 +379,7 @@ def evaluate(stack, tasks: Mapping[str, Task], out_dir: str | Path, decoding: De
     per_task, mmavg_inputs = {}, {}
     for name, task in tasks.items():
         metrics = evaluate_task(stack, task, out_dir, decoding, batch_size, limit, overwrite, device, source, progress,
-                                examples=examples[name], definitions=definitions)
+                                examples=examples[name], definitions=definitions, progress_every_s=progress_every_s)
         per_task[name] = metrics
         if task.mmavg_set is not None:
             mmavg_inputs[task.mmavg_set] = metrics["scores"]
@@ -383,6 +392,15 @@ def evaluate(stack, tasks: Mapping[str, Task], out_dir: str | Path, decoding: De
     text = results_markdown(summary)
     atomic_write(folder / RESULTS_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return summary
+
+
+def check_progress_interval(seconds: Any) -> float:
+    """``seconds`` as a float if it is a number >= 0 (0: a progress line after every batch); ValueError otherwise."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0 \
+            or seconds == float("inf"):
+        raise ValueError(f"progress_every_s={seconds!r} must be a number of seconds >= 0 (0: a line after every "
+                         "batch)")
+    return float(seconds)
 
 
 def write_json(path: Path, obj: Any) -> None:

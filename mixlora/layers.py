@@ -124,10 +124,11 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self.base(x)  # [..., d_out]; under autocast in autocast's dtype rather than x's
         z = F.linear(self.dropout(x), self.lora_a.to(x.dtype)) * self.scaling  # [..., r]
         # In place into the base output (its backward does not need it): no second [..., d_out] buffer.
-        y.view(-1, y.shape[-1]).addmm_(z.reshape(-1, self.rank), self.lora_b.to(x.dtype))
+        # (An in-place op is not autocast: z and B are brought to y's dtype, a no-op without autocast.)
+        y.view(-1, y.shape[-1]).addmm_(z.reshape(-1, self.rank).to(y.dtype), self.lora_b.to(y.dtype))
         return y
 
     def extra_repr(self) -> str:

@@ -21,10 +21,10 @@
 #   LAUNCHER=local                local: Hydra's basic launcher, the jobs one after another in one process each
 #                                 (trainer=single, or one-process ZeRO; for several GPUs per job use SLURM or the
 #                                 table scripts). slurm: hydra/launcher=slurm (configs/hydra/launcher/slurm.yaml):
-#                                 one SLURM job per grid point, 4 tasks (= GPUs) each; it needs
-#                                 `pip install hydra-submitit-launcher` (the `slurm` extra, not installed by
-#                                 default), and Hydra waits until every job has finished. Set the partition etc.
-#                                 with overrides, e.g. hydra.launcher.partition=gpu hydra.launcher.account=...
+#                                 one SLURM job per grid point, 4 tasks (= GPUs) each, through submitit; Hydra
+#                                 waits until every job has finished. Set the partition etc. with overrides, e.g.
+#                                 hydra.launcher.partition=gpu hydra.launcher.account=... submitit: the same
+#                                 pickled jobs as real processes on this machine (hydra/launcher=local), side by side
 #   EVAL=1                        evaluate every job afterwards (eval.py run=OUT/<job> device=$EVAL_DEVICE) and
 #                                 aggregate into RESULTS (default OUT/results); EVAL=0: train only
 #   DRY_RUN, EVAL_DEVICE, PY      as for the table scripts (scripts/table_lib.sh)
@@ -66,7 +66,8 @@ esac
 case "$LAUNCHER" in
   local) LAUNCHER_OVERRIDES=() ;;
   slurm) LAUNCHER_OVERRIDES=(hydra/launcher=slurm) ;;
-  *) table_die "LAUNCHER must be local or slurm, got '$LAUNCHER'" ;;
+  submitit) LAUNCHER_OVERRIDES=(hydra/launcher=local) ;;
+  *) table_die "LAUNCHER must be local, submitit or slurm, got '$LAUNCHER'" ;;
 esac
 MIXLORA_ADAPTERS=()
 WITH_LORA=0
@@ -89,8 +90,8 @@ if [ ${#MIXLORA_ADAPTERS[@]} -gt 0 ]; then
     done
   done
 fi
-if [ "$LAUNCHER" = slurm ] && [ "$DRY_RUN" = 0 ] && ! "$PY" -c "import hydra_plugins.hydra_submitit_launcher" 2> /dev/null; then
-  table_die "LAUNCHER=slurm needs the Hydra submitit plugin: pip install hydra-submitit-launcher (or pip install -e '.[slurm]')"
+if [ "$LAUNCHER" != local ] && [ "$DRY_RUN" = 0 ] && ! "$PY" -c "import hydra_plugins.hydra_submitit_launcher" 2> /dev/null; then
+  table_die "LAUNCHER=$LAUNCHER needs the Hydra submitit plugin (requirements.txt): pip install hydra-submitit-launcher==1.2.0 submitit==1.5.4"
 fi
 
 # train.py runs under Hydra's launcher here, never under torchrun: one process per job (SLURM starts its tasks).

@@ -14,6 +14,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from mixlora import AdapterConfig, MixLoRALinear, inject_adapters
 from mixlora.build import build_stack, build_tokenizer_from_config, load_run, save_run
+from mixlora.data.dataset import DataError
 from mixlora.model.llm import build_llm
 from mixlora.model.tiny import tiny_clip_vision_config, tiny_llm_config
 
@@ -60,7 +61,7 @@ def test_tiny_stack_from_config_and_run_round_trip(tmp_path):
 def test_missing_run_and_corpus_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a run directory"):
         load_run(tmp_path)
-    with pytest.raises(FileNotFoundError, match="make_synthetic.py"):
+    with pytest.raises(DataError, match="none.json does not exist .*make_synthetic.py"):
         build_tokenizer_from_config(tiny_model_cfg().tokenizer, [tmp_path / "none.json"])
     with pytest.raises(ValueError, match="kind='sentencepiece' is not a valid option"):
         build_tokenizer_from_config({"kind": "sentencepiece"}, [CORPUS])

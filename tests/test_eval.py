@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -450,6 +451,15 @@ def test_eval_of_a_saved_run_directory(suite, tmp_path):
     task = pope.POPETask(OmegaConf.to_container(cfg.task.pope.splits, resolve=True))
     reference = [t for b in generate_answers(loaded, task.examples(limit=1), GREEDY, 3, batch_size=1) for _, t in b]
     assert [r["prediction"] for r in written] == reference
+    # A run moved elsewhere (another machine, a shared folder) resumes its evaluation: the settings name the
+    # weights, not the path.
+    moved = tmp_path / "moved/run"
+    shutil.move(str(run), str(moved))
+    cfg = compose_eval([f"run={moved}", f"data_root={suite}", "tasks=[pope]", "limit=2", "decoding.max_new_tokens=3",
+                        "progress=false"])
+    script.run_eval(cfg)
+    again = [json.loads(x) for x in (moved / "eval/pope/predictions.jsonl").read_text().splitlines()]
+    assert again[:3] == written and len(again) == 6  # limit=2: two examples per split, the first three kept
     assert set_decode_routing(loaded.model, "per_step") == len(
         [m for m in loaded.model.modules() if isinstance(m, MixLoRALinear)]) > 0
     with pytest.raises(ValueError, match="decode_routing='sometimes' is not a valid option"):
@@ -563,6 +573,32 @@ def _env():
     import os
 
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_eval_py_batch_log_gets_a_plain_line_per_interval(suite, tmp_path):
+    """stdout and stderr are pipes, as under a batch system: progress=auto writes plain lines (here after every
+    batch, progress_every_s=0) instead of a bar; a bad progress value stops before any work."""
+    import re
+    import subprocess
+
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "eval.py"), "run=null", "model=tiny", f"data_root={suite}",
+               f"output_dir={out}", "tasks=[pope]", "limit=1", "batch_size=2", "decoding.max_new_tokens=2",
+               f"tokenizer_cache={tmp_path / 'tok'}", "progress_every_s=0"]
+    proc = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout + proc.stderr  # no bar redraws
+    pattern = r"(pope): (\d+)/(\d+) examples \| (\d+\.\d) ex/s \| ETA (\S+)$"
+    lines = [m for m in (re.search(pattern, line) for line in proc.stdout.splitlines()) if m]
+    # POPE at limit=1: one question per split (3), in batches of 2 -> a line after 2, then after 3
+    assert [(int(m[2]), int(m[3])) for m in lines] == [(2, 3), (3, 3)]
+    assert re.fullmatch(r"\d+:\d\d:\d\d", lines[0][5]) and lines[1][5] == "0:00:00"
+    script = load_eval_script()
+    for extra, message in (("progress=sometimes", r"progress='sometimes' is not a valid option"),
+                           ("progress_every_s=-1", r"progress_every_s=-1 must be a number of seconds >= 0")):
+        with pytest.raises(TaskError, match=message):  # eval.py prints it and exits with status 2
+            script.run_eval(compose_eval([*command[2:], extra, f"output_dir={tmp_path / 'bad'}"]))
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow  # two eval.py processes (~6-15 s of imports each); the in-process resume test runs by default

@@ -218,7 +218,17 @@ def test_run_directory_loads_back_and_reproduces_the_check_loss(suite, tmp_path)
     assert float(loss) == pytest.approx(summary["check_loss"], abs=1e-6)
     records = metrics(out)
     assert [r["step"] for r in records] == [1, 3]
-    assert set(records[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"}
+    assert set(records[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s",
+                               "routing"}
+    # Routing health per module kind (MixLoRA, E = 16, 2 layers of the tiny Llama): each value is a mean of two
+    # per-layer fractions k/16, so 32 x used is a whole number of factors (up to the 4-digit rounding).
+    kinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for record in records:
+        assert list(record["routing"]) == kinds
+        for health in record["routing"].values():
+            assert set(health) == {"used_a", "used_b", "entropy_a", "entropy_b"}
+            assert all(0 < v <= 1 for v in health.values())
+            assert all(abs(32 * health[k] - round(32 * health[k])) < 2e-3 for k in ("used_a", "used_b"))
 
 
 def test_kill_and_resume_gives_the_uninterrupted_weights(suite, tmp_path):
@@ -356,7 +366,10 @@ def test_missing_data_is_reported_before_training(suite, tmp_path, extra, messag
     (["adapter.cfs=paperr"], r"cfs='paperr' is not a valid option; choose one of 'none', 'paper', 'released'"),
     (["+adapter.experts=4"], r"unknown adapter config key\(s\) \['experts'\]"),
     (["trainer.precision=fp8"], r"trainer\.precision='fp8' is not a valid option"),
-    (["trainer.precision=bf16"], r"precision=bf16 needs a CUDA device"),
+    # bf16 runs on the CPU (tests/test_bf16.py); what still cannot work is a CUDA device that is not there.
+    pytest.param(["trainer.precision=bf16", "trainer.device=cuda"],
+                 r"trainer\.device=cuda but no CUDA device is available; use trainer\.device=auto or cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is available")),
     (["trainer.lr_schedule=linear"], r"trainer\.lr_schedule='linear' is not a valid option"),
     (["+trainer.lr=0.1"], r"unknown trainer config key\(s\) \['lr'\]"),
     (["trainer.optimizer.lr=-1"], r"trainer\.optimizer\.lr must be a positive number"),
@@ -366,6 +379,8 @@ def test_missing_data_is_reported_before_training(suite, tmp_path, extra, messag
                                        r"trainer\.micro_batch_size \(4\) = 4"),
     (["trainer=zero2", "trainer.deepspeed_config=/nonexistent.json"], r"'/nonexistent\.json' does not exist"),
     (["resume=true", "overwrite=true"], "resume and overwrite are both set"),
+    (["trainer.progress=fancy"], r"trainer\.progress='fancy' is not a valid option; choose one of 'auto', 'bar'"),
+    (["trainer.progress=bar"], r"trainer\.progress_bar=false contradicts trainer\.progress=bar"),
 ])
 def test_invalid_settings_are_reported_before_heavy_work(suite, tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
@@ -495,6 +510,32 @@ def test_cli_multirun_gives_every_job_its_own_run_directory(suite, tmp_path):
     assert [j.name for j in jobs] == ["0", "1"]
     assert [json.loads((j / "adapter_config.json").read_text())["rank"] for j in jobs] == [2, 4]
     assert all(json.loads((j / "summary.json").read_text())["steps"] == 1 for j in jobs)
+
+
+def test_batch_log_gets_a_plain_line_every_log_every_steps(suite, tmp_path):
+    """stdout and stderr are pipes (not terminals), as under a batch system: trainer.progress=auto prints one
+    flushed line per metrics record instead of a bar, with the record's own loss and lr."""
+    out = tmp_path / "run"
+    overrides = [o for o in small(suite, out, "trainer.max_steps=5", "trainer.log_every=2")
+                 if not o.startswith("trainer.progress_bar")]  # the default: progress=auto
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\r" not in proc.stdout + proc.stderr  # no bar redraws
+    pattern = (r"step (\d+)/5 \((\d+)%\) \| loss (\d+\.\d{4}) \| lr (\S+) \| ([\d,]+) tok/s \| "
+               r"elapsed (\d+:\d\d:\d\d) \| ETA (\d+:\d\d:\d\d) \| pool used min A (\d\.\d\d) B (\d\.\d\d)$")
+    lines = [m for m in (re.search(pattern, line) for line in proc.stdout.splitlines()) if m]
+    records = metrics(out)
+    assert [int(m[1]) for m in lines] == [r["step"] for r in records] == [1, 2, 4, 5]  # step 1, every 2, the last
+    assert [int(m[2]) for m in lines] == [20, 40, 80, 100]
+    assert [m[3] for m in lines] == [f"{r['loss']:.4f}" for r in records]
+    assert [m[4] for m in lines] == [f"{r['lr']:.1e}" for r in records]
+    assert [float(m[8]) for m in lines] == [round(min(g["used_a"] for g in r["routing"].values()), 2)
+                                            for r in records]
+    assert lines[-1][7] == "0:00:00"  # nothing left at the last step
+    # The lines are in the run's log file too (the logger, not a bare print).
+    assert sum("pool used min" in line for line in (out / "train_rank0.log").read_text().splitlines()) == 4
 
 
 def test_cli_reports_bad_input_with_exit_status_2(tmp_path):

@@ -149,6 +149,7 @@ def test_single_process_zero2_and_zero3_follow_the_plain_run_and_resume(suite, t
     plain = tmp_path / "plain"
     run(compose_config(small(suite, plain, *steps)))
     z2, z3, z3r = tmp_path / "zero2", tmp_path / "zero3", tmp_path / "zero3_resumed"
+    z3_bf16 = tmp_path / "zero3_bf16"
     real_plain, real_z3 = tmp_path / "real_plain", tmp_path / "real_zero3"
     real = local_checkpoints(tmp_path / "ckpt", suite / "train.json")
     run(compose_config(small(suite, real_plain, *real, "trainer.max_steps=3", "trainer.log_every=1")))
@@ -157,6 +158,8 @@ def test_single_process_zero2_and_zero3_follow_the_plain_run_and_resume(suite, t
         small(suite, z3, "trainer=zero3", *steps),
         small(suite, z3r, "trainer=zero3", *steps[1:], "trainer.max_steps=4"),
         small(suite, z3r, "trainer=zero3", *steps, "resume=true"),  # continues from the step-4 checkpoint
+        # bf16 on the CPU (the full bf16 checks, ZeRO-2 and 2 ranks included, are tests/test_bf16.py's slow ones)
+        small(suite, z3_bf16, "trainer=zero3", "trainer.precision=bf16", *steps[1:], "trainer.max_steps=3"),
         # real weights: transformers' HfDeepSpeedConfig is alive while from_pretrained loads them partitioned
         small(suite, real_z3, *real, "trainer=zero3", "trainer.max_steps=3", "trainer.log_every=1"),
     ])
@@ -169,6 +172,10 @@ def test_single_process_zero2_and_zero3_follow_the_plain_run_and_resume(suite, t
     state = json.loads((z3 / "checkpoints/step-000006/trainer_state.json").read_text())
     assert state["step"] == 6 and (z3 / "checkpoints/step-000006/deepspeed/state").is_dir()
     assert json.loads((z3r / "summary.json").read_text())["steps_this_run"] == 2
+    # within one bf16 unit roundoff u = 2^-8 of the fp32 loss (the argument: tests/test_bf16.py's docstring)
+    bf16 = losses(z3_bf16)
+    assert len(bf16) == 3 and all(abs(a - b) <= 2 ** -8 * b for a, b in zip(bf16, reference))
+    assert json.loads((z3_bf16 / "summary.json").read_text())["precision"] == "bf16"
     # A shared checkpoint whose optimiser file names a callable: resuming refuses it and never calls it.
     hostile, marker = tmp_path / "hostile/checkpoints/step-000004", tmp_path / "pwned"
     shutil.copytree(z3r / "checkpoints/step-000004", hostile)
@@ -206,6 +213,8 @@ def test_two_process_zero3_saves_gathered_weights_that_reload(suite, tmp_path):
     assert sorted(p.name for p in (z3 / "checkpoints/step-000004/rng").iterdir()) == ["rank0.pt", "rank1.pt"]
     assert losses(z3) == pytest.approx(losses(plain), rel=1e-5)
     assert_same_weights(plain, z3, [r["lr"] for r in metrics(plain)])  # full tensors, gathered from both ranks' partitions
+    # Routing counts are summed over the ranks: the two ranks' micro-batches are the one process's two.
+    assert [r["routing"] for r in metrics(z3)] == [r["routing"] for r in metrics(plain)]
 
     summary = json.loads((z3 / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["accumulation"] == 1

@@ -302,7 +302,8 @@ class ConversationDataset(Dataset):
         if check_images:
             missing = []
             for i in tqdm([i for i, s in enumerate(status) if s in (_OK, _TRUNCATED) and images[i] is not None],
-                          desc="Checking image files", mininterval=2.0, disable=len(status) < 5000):
+                          desc="Checking image files", mininterval=2.0,
+                          disable=True if len(status) < 5000 else None):  # None: off unless on a terminal
                 path = self.image_folder / images[i]
                 if not path.is_file():
                     status[i] = MISSING_IMAGE
@@ -482,7 +483,7 @@ class PromptDataset(Dataset):
         with open(self.path, encoding="utf-8") as f:
             lines = list(enumerate(f, start=1))
         for line_no, line in tqdm(lines, desc=f"Reading {Path(self.path).name}", mininterval=2.0,
-                                  disable=len(lines) < 5000):
+                                  disable=True if len(lines) < 5000 else None):  # None: only on a terminal
             if not line.strip():
                 continue
             where = f"{self.path}:{line_no} (task {self.task_name!r})"

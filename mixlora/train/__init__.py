@@ -3,7 +3,8 @@
 Modules: ``settings`` (validated trainer/data/logger nodes), ``validate`` (checks before heavy work),
 ``data`` (synthetic generation, resumable micro-batch stream), ``optim`` (parameter groups, warmup + cosine),
 ``backend`` (single-process accumulation/clipping/stepping), ``loop`` (the training loop), ``state``
-(run directory, atomic checkpoints, RNG), ``metrics`` (jsonl, wandb, progress bar), ``params`` (counts),
+(run directory, atomic checkpoints, RNG), ``metrics`` (jsonl, wandb, progress bar or batch-log lines),
+``routing_health`` (factor-pool usage per module kind, logged with the metrics), ``params`` (counts),
 ``runner`` (the orchestration: :func:`run`). DeepSpeed code lives in ``mixlora.distributed``.
 """
 

@@ -7,8 +7,12 @@ Same interface as :class:`mixlora.distributed.DeepSpeedBackend`, so ``mixlora.tr
     grad_norm = backend.step()                                   # once per optimiser step
     backend.lr(); backend.save_state(folder); backend.load_state(folder); backend.gathered(params)
 
-Precision: with ``autocast_dtype=bfloat16`` (GPU) the forward runs under ``torch.autocast`` while the trainable
-parameters stay float32 (the optimiser's master copy); frozen weights keep the dtype the model config gave them.
+Precision: with ``autocast_dtype=bfloat16`` (GPU or CPU) the forward runs under
+``torch.autocast(device.type, bfloat16)`` while the trainable parameters stay float32 (the optimiser's master
+copy; the runner casts them up): autocast rounds the operands of the matmul-like ops (linear, matmul, bmm,
+attention) to bf16 (unit roundoff u = 2⁻⁸) and their kernels accumulate in fp32; the LLM upcasts its RMSNorm and
+the loss logits to fp32. The backward gives fp32 gradients to the fp32 parameters, so updates far below a
+weight's bf16 spacing are kept. Frozen weights keep the dtype the model config gave them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class PlainBackend:
         optimizer, scheduler: built on the model's trainable parameters; the scheduler steps once per update.
         accumulation: micro-batches per optimiser step.
         max_grad_norm: clip the global L2 norm of the gradients (None: no clipping, the norm is still reported).
-        autocast_dtype: None (fp32) or torch.bfloat16.
+        autocast_dtype: None (fp32) or torch.bfloat16 (autocast on ``device``'s type, CPU included).
         device: where the model lives.
     """
 

@@ -46,10 +46,16 @@ def train_steps(*, backend, stream, dist, metrics, state: TrainerState, stop_ste
     """Run optimiser steps ``state.step + 1 .. stop_step``, updating ``state`` in place; returns the step losses.
 
     ``checkpoint(state)`` is called after every ``save_every``-th step (0: never). Metrics go to ``metrics`` at
-    step 1, every ``log_every`` steps and at the last step; the bar advances every step.
+    step 1, every ``log_every`` steps and at the last step; the bar advances every step. For a model with MixLoRA
+    layers each record also carries ``routing``: the pool usage over the micro-batches since the previous record,
+    summed over ranks (:class:`~mixlora.train.routing_health.RoutingCounter`; every rank counts, and the sum at
+    log time is a collective, reached by every rank at the same steps).
     """
+    from .routing_health import RoutingCounter
+
     model = backend.module
     model.train()
+    routing = RoutingCounter.of(model, device)
     stream_iter = stream.iterate(state.epoch, state.batch_in_epoch)
     losses: list[float] = []
     window_tokens, window_start = 0, time.perf_counter()
@@ -66,6 +72,8 @@ def train_steps(*, backend, stream, dist, metrics, state: TrainerState, stop_ste
                 with backend.autocast():
                     loss = backend.forward(**inputs).loss
                 backend.backward(loss)
+            if routing is not None:
+                routing.add()
             step_loss += float(loss.detach()) / accumulation
             step_tokens += int(batch["attention_mask"].sum())
         grad_norm = backend.step()
@@ -84,9 +92,11 @@ def train_steps(*, backend, stream, dist, metrics, state: TrainerState, stop_ste
         tokens_per_s = window_tokens / max(now - window_start, 1e-9)
         metrics.progress(loss_value, lr, tokens_per_s)
         if state.step % log_every == 0 or state.step == stop_step or state.step == 1:
-            metrics.log({"step": state.step, "epoch": state.epoch, "loss": loss_value, "lr": lr,
-                         "grad_norm": grad_norm, "tokens": state.tokens, "tokens_per_s": tokens_per_s,
-                         "elapsed_s": round(state.elapsed_s, 3)})
+            record = {"step": state.step, "epoch": state.epoch, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                      "tokens": state.tokens, "tokens_per_s": tokens_per_s, "elapsed_s": round(state.elapsed_s, 3)}
+            if routing is not None:
+                record["routing"] = routing.read(dist)
+            metrics.log(record)
             window_tokens, window_start = 0, now
         if save_every and state.step % save_every == 0:
             checkpoint(state)

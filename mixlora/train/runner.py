@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 
+from mixlora.progress import resolve_progress
 from mixlora.runlock import RunLock
 
 from .data import MicroBatchStream, build_dataset, check_data_paths, ensure_synthetic, probe_batch
@@ -275,7 +276,7 @@ def _train(plan: Plan, dist, meta: dict, tr, out: Path, seed: int) -> dict:
                     "accumulation); output in %s", state.step + 1, stop_step, total_steps, stream.steps_per_epoch,
                     tr.global_batch_size, dist.world, tr.micro_batch_size, plan.accumulation, out)
     metrics = MetricsLogger(out, plan.logger, plan.config, stop_step, state.step, meta.get("wandb_id"),
-                            enabled=dist.is_main, progress_bar=tr.progress_bar)
+                            enabled=dist.is_main, progress=resolve_progress(tr.progress_mode, "trainer.progress"))
     if dist.is_main and metrics.run_id != meta.get("wandb_id"):
         meta["wandb_id"] = metrics.run_id
         write_json(out / RUN_FILE, meta)

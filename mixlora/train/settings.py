@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from mixlora.options import check_choice
+from mixlora.progress import PROGRESS_MODES
 
 STRATEGIES = ("single", "deepspeed")
 DEVICES = ("auto", "cpu", "cuda")
@@ -93,6 +94,10 @@ class TrainerSettings:
 
     ``optimizer`` is a Hydra node with ``_target_`` (a torch optimizer class) and ``_partial_: true``; it is called
     with two parameter groups (matrices with its ``weight_decay``, 1-D parameters with none).
+
+    Progress: ``progress`` is ``auto`` (a bar when stdout and stderr are terminals, else a plain log line per
+    metrics record, i.e. every ``log_every`` steps), ``bar``, ``lines`` or ``none`` (:mod:`mixlora.progress`);
+    ``progress_bar`` is its older boolean spelling, see :attr:`progress_mode`.
     """
 
     strategy: str = "single"
@@ -116,7 +121,8 @@ class TrainerSettings:
     save_every: int = 100
     keep_checkpoints: Optional[int] = 2
     log_every: int = 10
-    progress_bar: bool = True
+    progress: str = "auto"
+    progress_bar: Optional[bool] = None
 
     def __post_init__(self) -> None:
         node = "trainer"
@@ -147,9 +153,18 @@ class TrainerSettings:
         if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
                                                    and self.max_grad_norm > 0):
             raise ConfigError(f"trainer.max_grad_norm must be > 0 or null (no clipping), got {self.max_grad_norm!r}")
-        for flag in ("tf32", "gradient_checkpointing", "progress_bar"):
+        for flag in ("tf32", "gradient_checkpointing"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"trainer.{flag} must be true or false, got {getattr(self, flag)!r}")
+        check_choice("progress", self.progress, PROGRESS_MODES)
+        if self.progress_bar is not None:
+            if not isinstance(self.progress_bar, bool):
+                raise ConfigError(f"trainer.progress_bar must be true, false or null, got {self.progress_bar!r}")
+            clash = self.progress in (("lines", "none") if self.progress_bar else ("bar",))
+            if clash:
+                raise ConfigError(f"trainer.progress_bar={str(self.progress_bar).lower()} contradicts "
+                                  f"trainer.progress={self.progress}; set only trainer.progress (auto | bar | lines "
+                                  "| none)")
         self.optimizer = dict(self.optimizer)
         if "_target_" not in self.optimizer:
             raise ConfigError("trainer.optimizer needs a _target_ (e.g. torch.optim.AdamW) and _partial_: true")
@@ -167,6 +182,14 @@ class TrainerSettings:
     @property
     def lr(self) -> float:
         return float(self.optimizer["lr"])
+
+    @property
+    def progress_mode(self) -> str:
+        """``progress`` with the older ``progress_bar`` folded in: ``progress_bar=false`` means no bar, so under
+        ``progress=auto`` it gives the plain lines (one per record, cheap anywhere); ``true`` keeps ``auto``."""
+        if self.progress == "auto" and self.progress_bar is False:
+            return "lines"
+        return self.progress
 
 
 @dataclass

@@ -46,7 +46,6 @@ a run with the same fingerprint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -84,8 +83,8 @@ RUN_OUTPUTS = (RUN_FILE, "config.yaml", "tokenizer", "adapter_config.json", "ada
 TRAINED_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "projector.safetensors", SUMMARY, "eval")
 # Keys that may differ between a run and its continuation.
 RESUMABLE_KEYS = ("output_dir", "resume", "overwrite", "logger", "trainer.max_steps", "trainer.save_every",
-                  "trainer.keep_checkpoints", "trainer.log_every", "trainer.progress_bar", "data.num_workers",
-                  "data.cache_dir")
+                  "trainer.keep_checkpoints", "trainer.log_every", "trainer.progress", "trainer.progress_bar",
+                  "data.num_workers", "data.cache_dir")
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
@@ -136,11 +135,9 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from mixlora.checkpoint import hash_file
+
+    return hash_file(path).hexdigest()
 
 
 def _hashed(relative: str) -> bool:

@@ -3,8 +3,8 @@
 :func:`preflight` turns the composed config into a :class:`Plan` or raises :class:`ConfigError` naming the key
 and the fix, for: unset ``???`` values, unknown keys and invalid option values (trainer, data, logger, adapter),
 rank >= num_factors, a missing DeepSpeed file or one with ``"auto"``/reserved keys, a global batch not
-divisible by world_size x micro batch, a multi-process launch of the single-process trainer, a CUDA device or
-bf16 that is not available, model paths without weights (LLM folder, CLIP folder, projector, init checkpoint,
+divisible by world_size x micro batch, a multi-process launch of the single-process trainer, a CUDA device
+that is not available, model paths without weights (LLM folder, CLIP folder, projector, init checkpoint,
 tokenizer folder), a model builder that is not one of the project's (``mixlora.build.BUILDER_TARGETS``), target
 modules the LLM does not have (checked on an empty "meta" copy of a local LLM), and
 an output_dir holding another run (see :mod:`mixlora.train.state`), a missing training file or image
@@ -125,14 +125,17 @@ def check_task_routing(adapter, data: DataSettings) -> None:
 
 
 def resolve_device(trainer: TrainerSettings) -> tuple[str, str]:
-    """(device kind, precision) after ``auto``: cuda and bf16 when a GPU is there, else cpu and fp32."""
+    """(device kind, precision) after ``auto``: cuda and bf16 when a GPU is there, else cpu and fp32.
+
+    ``precision=bf16`` runs on either device (docs/training.md, precision): the plain loop keeps fp32 master weights
+    and runs the forward under ``torch.autocast(device, bfloat16)``; DeepSpeed gets ``bf16.enabled`` (a bf16 module,
+    fp32 master partitions), with gloo on the CPU.
+    """
     has_cuda = torch.cuda.is_available()
     if trainer.device == "cuda" and not has_cuda:
         raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
     kind = trainer.device if trainer.device != "auto" else ("cuda" if has_cuda else "cpu")
     precision = trainer.precision if trainer.precision != "auto" else ("bf16" if kind == "cuda" else "fp32")
-    if precision == "bf16" and kind != "cuda":
-        raise ConfigError("trainer.precision=bf16 needs a CUDA device (CPU runs are fp32); use precision=auto or fp32")
     return kind, precision
 
 
