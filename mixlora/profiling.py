@@ -78,3 +78,14 @@ def run_metadata(device: torch.device, argv: Optional[Sequence[str]] = None, scr
         device=device_name(device),
         machine=platform.processor() or platform.machine(),
     )
+
+
+def write_result(out: str | Path, stem: str, result: dict, text: str) -> Path:
+    """Write a benchmark's ``OUT/STEM.json`` (the result) and ``OUT/STEM.md`` (``text``); returns the .json path."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(text)
+    return out / f"{stem}.json"

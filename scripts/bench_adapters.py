@@ -22,16 +22,14 @@ keeps alive per layer. Ratios are computed from numbers measured in this one run
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from mixlora import LoRALinear, MixLoRALinear, routing
-from mixlora.profiling import run_metadata, saved_activations, timed
+from mixlora.profiling import run_metadata, saved_activations, timed, write_result
 
 
 class DenseReleased(nn.Module):
@@ -191,12 +189,7 @@ def main(argv=None):
     text = markdown(result)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"adapters_{device.type}_{args.dtype}"
-        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / f"{stem}.md").write_text(text)
-        print(f"wrote {out / stem}.json and .md")
+        print(f"wrote {write_result(args.out, f'adapters_{device.type}_{args.dtype}', result, text)} and .md")
     return result
 
 

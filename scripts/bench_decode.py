@@ -35,7 +35,6 @@ Target: MixLoRA (prefill) decode tokens/s >= 0.95x LoRA. Ratios come from number
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file without an installed package
     sys.path.insert(0, str(ROOT))
 
-from mixlora.profiling import run_metadata, timed  # noqa: E402
+from mixlora.profiling import run_metadata, timed, write_result  # noqa: E402
 
 SIZES = ("tiny", "7b_2layer")
 TARGET = 0.95
@@ -373,12 +372,7 @@ def main(argv=None) -> dict:
     text = markdown(result)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"decode_{device.type}"
-        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / f"{stem}.md").write_text(text)
-        print(f"wrote {out / stem}.json and .md", file=sys.stderr)
+        print(f"wrote {write_result(args.out, f'decode_{device.type}', result, text)} and .md", file=sys.stderr)
     return result
 
 

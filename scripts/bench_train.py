@@ -23,17 +23,15 @@ is what a step keeps alive, plus the optimiser state. Target: MixLoRA throughput
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from mixlora.profiling import run_metadata, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,12 +200,8 @@ def main(argv=None) -> int:
     for r in rows:
         r["vs_lora"] = r["tokens_per_s"] / by[lora]["tokens_per_s"]
     ratios = {f"{name} / {lora} tokens/s": by[name]["vs_lora"] for name in by if name.startswith(("mixlora", "released"))}
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     result = dict(
-        command="python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), git=git or "unknown", torch=torch.__version__,
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        machine=platform.processor() or platform.machine(), precision="bf16 autocast" if autocast_dtype else "fp32",
+        **run_metadata(device, argv, script=__file__), precision="bf16 autocast" if autocast_dtype else "fp32",
         memory_metric=("peak allocated during one training step above idle (torch.cuda.max_memory_allocated)"
                        if device.type == "cuda" else
                        "CPU has no allocator statistics: activations saved for backward during the forward "
@@ -219,12 +213,8 @@ def main(argv=None) -> int:
     text = markdown(result)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         kind = "cuda" if device.type == "cuda" else "cpu"
-        (out / f"train_{kind}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / f"train_{kind}.md").write_text(text)
-        print(f"wrote {out / f'train_{kind}.json'} and .md", file=sys.stderr)
+        print(f"wrote {write_result(args.out, f'train_{kind}', result, text)} and .md", file=sys.stderr)
     return 0
 
 

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file without an installed package
     sys.path.insert(0, str(ROOT))
 
-from mixlora.profiling import run_metadata, saved_activations, timed  # noqa: E402
+from mixlora.profiling import run_metadata, saved_activations, timed, write_result  # noqa: E402
 
 SECTIONS = {"a": "adapter layer at LLaMA-7B shapes", "b": "training throughput and memory at 7B widths",
             "c": "decode tokens/s", "d": "SmolLM2 stack: train.py + eval.py"}
@@ -538,9 +538,7 @@ def markdown(result: dict) -> str:
 
 
 def write(result: dict, out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
+    write_result(out, stem, result, markdown(result))
 
 
 def main(argv=None) -> int:

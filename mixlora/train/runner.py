@@ -34,7 +34,7 @@ from .params import count_parameters, format_counts
 from .settings import ConfigError
 from .state import (RUN_FILE, RUN_FORMAT, SUMMARY, TrainerState, list_checkpoints, load_rng, plan_output_dir,
                     read_run_file, read_trainer_state, remove_leftovers, save_checkpoint, seed_everything,
-                    set_rng_state, truncate_metrics, wipe_run_outputs, write_json, _other_checkpoint_hint)
+                    other_checkpoint_hint, set_rng_state, truncate_metrics, wipe_run_outputs, write_json)
 from .validate import Plan, preflight
 
 logger = logging.getLogger("mixlora.train")
@@ -84,7 +84,7 @@ def _load_resumed_state(checkpoint: Path, load) -> None:
         load()
     except (SafetensorError, pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, KeyError) as err:
         raise ConfigError(f"checkpoint {checkpoint} cannot be loaded ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); " + _other_checkpoint_hint(checkpoint)) \
+                          f"{str(err).splitlines()[0] if str(err) else ''}); " + other_checkpoint_hint(checkpoint)) \
             from err
 
 

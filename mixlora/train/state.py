@@ -269,7 +269,7 @@ def read_trainer_state(checkpoint: Path) -> dict:
     return state
 
 
-def _other_checkpoint_hint(damaged: Path) -> str:
+def other_checkpoint_hint(damaged: Path) -> str:
     """Where else to resume from: the newest complete checkpoint older than ``damaged`` in the same run."""
     step = int(damaged.name[len(STEP_PREFIX):]) if damaged.name[len(STEP_PREFIX):].isdigit() else None
     run_dir = damaged.parent.parent
@@ -314,7 +314,7 @@ def plan_output_dir(output_dir: str | os.PathLike, current: dict[str, Any], resu
         ckpt = Path(resume)
         problem = checkpoint_problem(ckpt)
         if problem is not None and (ckpt / MANIFEST).is_file():
-            raise ConfigError(f"resume={str(ckpt)!r} is damaged: {problem}; " + _other_checkpoint_hint(ckpt))
+            raise ConfigError(f"resume={str(ckpt)!r} is damaged: {problem}; " + other_checkpoint_hint(ckpt))
         state = read_trainer_state(ckpt)
         if state["fingerprint"] != current:
             raise ConfigError(f"resume={str(ckpt)!r} was written by a run with another config ("
