@@ -210,10 +210,14 @@ def run_eval(cfg: DictConfig) -> dict:
     # the model is loaded, so a second process stops in seconds, and held until the last file is written.
     with run_lock(out / "eval", what="eval"):
         stack, source = load_stack(cfg)
-        summary = evaluate(stack, tasks, out, decoding, batch_size=int(cfg.batch_size), limit=cfg.limit,
-                           overwrite=bool(cfg.overwrite), device=cfg.device, pope_metric=cfg.pope_metric,
-                           source=source, progress=progress, examples=examples, definitions=definitions,
-                           progress_every_s=every_s)
+        try:
+            summary = evaluate(stack, tasks, out, decoding, batch_size=int(cfg.batch_size), limit=cfg.limit,
+                               overwrite=bool(cfg.overwrite), device=cfg.device, pope_metric=cfg.pope_metric,
+                               source=source, progress=progress, examples=examples, definitions=definitions,
+                               progress_every_s=every_s)
+        finally:
+            if stack.model.feature_cache is not None:  # features computed so far serve the next evaluation
+                stack.model.feature_cache.flush()
     logger.info("wrote %s", out / "eval")
     return summary
 

@@ -12,6 +12,8 @@ A model config (``configs/model/*.yaml``) has three parts::
                           # project's builders (BUILDER_TARGETS) are called, see check_builder_targets
     init_checkpoint: null # optional full-model safetensors loaded after building (e.g. a stage-1 base)
     resize_mode: center_crop
+    image_pool: 1         # average p x p windows of the patch grid before the projector (1 = off, the paper)
+    feature_cache: null   # a folder caching the frozen tower's outputs across runs (mixlora.model.feature_cache)
 
 A run directory holds everything needed to rebuild the trained model::
 
@@ -214,9 +216,16 @@ def build_stack(model_cfg: Any, tokenizer, trusted_builders: Iterable[str] = (),
         builder = OmegaConf.to_container(builder, resolve=True)
     check_builder_targets(builder, source, trusted_builders)
     model = _call_builder(builder, token_ids(tokenizer))
+    pool = model_cfg.get("image_pool")
+    model.set_image_pool(1 if pool is None else pool)
     init = model_cfg.get("init_checkpoint")
     if init:
         load_model_weights(model, init)
+    cache = model_cfg.get("feature_cache")
+    if cache:
+        from .model.feature_cache import FeatureCache
+
+        model.attach_feature_cache(FeatureCache(cache, model.vision_tower))
     processor = ImageProcessor(**model.image_processor_kwargs(), resize_mode=model_cfg.get("resize_mode", "center_crop"))
     return Stack(model, tokenizer, processor)
 

@@ -42,7 +42,8 @@ import torch
 
 from .checkpoint import atomic_write
 from .data.collator import GenerationCollator
-from .data.templates import encode_segments, expand_image_tokens, get_template, image_token_id_of, render_prompt
+from .data.templates import (encode_segments, expand_image_tokens, get_template, image_token_id_of, render_prompt,
+                             shift_span)
 from .options import DECODE_ROUTING, check_choice
 from .progress import TaskProgress, resolve_progress
 from .tasks.common import PROMPT_MODES, Example, Task, TaskError, definition_keys, find_definition, jsonable
@@ -129,11 +130,20 @@ def set_decode_routing(model: torch.nn.Module, mode: Optional[str]) -> int:
     return len(layers)
 
 
-def encode_question(question: str, tokenizer, template: str, num_image_tokens: int) -> list[int]:
-    """Prompt ids: the template up to "ASSISTANT:" with the image in front, ``<image>`` expanded to N ids."""
-    ids, _ = encode_segments(render_prompt(get_template(template), question, with_image=True), tokenizer)
-    ids, _ = expand_image_tokens(ids, ids, image_token_id_of(tokenizer), num_image_tokens)
-    return ids
+def encode_question(question: str, tokenizer, template: str, num_image_tokens: int, instruction: bool = False):
+    """Prompt ids: the template up to "ASSISTANT:" with the image in front, ``<image>`` expanded to N ids.
+
+    ``instruction=True`` returns ``(ids, span)``: also the token positions [start, end) of the question itself
+    (``routing_tokens="instruction"``; None for an empty question)."""
+    segments = render_prompt(get_template(template), question, with_image=True)
+    image_id = image_token_id_of(tokenizer)
+    if not instruction:
+        ids, _ = encode_segments(segments, tokenizer)
+        ids, _ = expand_image_tokens(ids, ids, image_id, num_image_tokens)
+        return ids
+    raw, _, span = encode_segments(segments, tokenizer, instruction=True)
+    ids, _ = expand_image_tokens(raw, raw, image_id, num_image_tokens)
+    return ids, shift_span(span, raw, image_id, num_image_tokens)
 
 
 def load_pixels(processor, example: Example, task_name: str = "task") -> torch.Tensor:
@@ -241,6 +251,7 @@ def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max
     model, tokenizer, processor = stack.model, stack.tokenizer, stack.image_processor
     collate = GenerationCollator(tokenizer.pad_token_id)
     n_image = model.num_image_tokens
+    instruction = model.routes_on_instruction()
     kwargs = decoding.generate_kwargs(max_new_tokens, tokenizer)
     encoder = None
     if definitions is not None:
@@ -251,8 +262,12 @@ def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max
         chunk = list(examples[start : start + batch_size])
         samples = []
         for ex in chunk:
-            sample = {"input_ids": encode_question(ex.question, tokenizer, decoding.template, n_image),
-                      "pixel_values": load_pixels(processor, ex, task_name)}
+            sample = {"pixel_values": load_pixels(processor, ex, task_name)}
+            if instruction:
+                sample["input_ids"], sample["instruction_span"] = encode_question(
+                    ex.question, tokenizer, decoding.template, n_image, instruction=True)
+            else:
+                sample["input_ids"] = encode_question(ex.question, tokenizer, decoding.template, n_image)
             if encoder is not None:
                 key = find_definition(task_name, ex, definitions)
                 if key is None:
@@ -262,7 +277,7 @@ def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max
             samples.append(sample)
         batch = collate(samples)
         torch.manual_seed(_batch_seed(decoding.seed, task_name, chunk[0].uid))
-        extra = {"source_rows": batch["source_rows"].to(device)} if "source_rows" in batch else {}
+        extra = {key: batch[key].to(device) for key in ("source_rows", "instruction_mask") if key in batch}
         new_tokens = model.generate(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
             pixel_values=batch["pixel_values"].to(device), routing_mask=batch["routing_mask"].to(device),

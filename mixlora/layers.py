@@ -163,7 +163,8 @@ class MixLoRALinear(nn.Module):
         dropout: dropout on the adapter input (after routing, as released).
         cfs: ``"none" | "paper" | "released"`` (see ``mixlora.options``).
         router_grad: ``"none" | "straight_through"``.
-        routing_tokens: ``"prompt" | "all"``; ``"prompt"`` needs a mask from ``mixlora.routing``.
+        routing_tokens: ``"prompt" | "instruction" | "all"``; ``"prompt"`` needs a mask from ``mixlora.routing``,
+            ``"instruction"`` its ``instruction_mask``.
         routing_precision: ``"float32" | "layer"``: the routing arithmetic (module docstring); ``"layer"`` is the
             released selector's.
         decode_routing: ``"prefill" | "per_step"``.
@@ -319,10 +320,10 @@ class MixLoRALinear(nn.Module):
     def _select_pooled(self, x: torch.Tensor) -> Selection:
         state = self._routing_state
         if state is None:
-            if self.routing_tokens == "prompt":
+            if self.routing_tokens != "all":
                 raise RuntimeError(
-                    "MixLoRA routing_tokens='prompt' needs a routing mask, but this layer was called outside "
-                    "`with mixlora.routing(model, mask):`. Wrap the forward in it (and the backward too when "
+                    f"MixLoRA routing_tokens={self.routing_tokens!r} needs a routing mask, but this layer was called "
+                    "outside `with mixlora.routing(model, mask):`. Wrap the forward in it (and the backward too when "
                     "gradient checkpointing re-runs forwards), or use routing_tokens='all'."
                 )
             return self._route_pooled(self._plain_mean(x), state)
@@ -331,8 +332,8 @@ class MixLoRALinear(nn.Module):
                 return state.cached(self)
             # released: re-route on the step's own tokens (one token with a KV cache: no padding to average)
             return self._route_pooled(self._plain_mean(x), state)
-        if self.routing_tokens == "prompt":
-            h = state.masked_mean(x)  # float32 (or wider)
+        if self.routing_tokens != "all":
+            h = state.masked_mean(x, tokens=self.routing_tokens)  # float32 (or wider)
         elif state.sequence_mask is not None:
             # batched generation: the real tokens of each row, i.e. what the released batch-1 prefill averaged;
             # accumulated in float32, then (layer precision) rounded once to the layer dtype as x.mean(1) rounds

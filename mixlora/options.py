@@ -18,11 +18,13 @@ CFS_MODES = ("none", "paper", "released")
 ROUTER_GRAD_MODES = ("none", "straight_through")
 
 # Which positions the router averages over.
-#   prompt - masked mean over the tokens the caller marks (system, image, instruction; never padding/answers).
+#   prompt      - masked mean over the tokens the caller marks (system, image, instruction; never padding/answers).
+#   instruction - masked mean over the first user turn's instruction only (no system prompt, role tags, image or
+#                 answer): the collators' instruction_mask, built from the datasets' instruction spans.
 #   all    - plain mean over every position, padding and answer included (released training), except batched
 #            generation, which averages each row's real prompt tokens (routing context's sequence_mask): the released
 #            evaluation ran at batch 1 with no padding.
-ROUTING_TOKENS = ("prompt", "all")
+ROUTING_TOKENS = ("prompt", "instruction", "all")
 
 # In which arithmetic routing decides (mixlora.layers, "Routing numerics").
 #   float32 - mean, router logits, softmax, CFS term and top-r in float32 (float64 layers: float64) whatever the

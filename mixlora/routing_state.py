@@ -19,6 +19,7 @@ Contexts nest: an inner one replaces the outer until it exits.
 Which tokens a full forward averages (h̄, [B, d_in]):
 
 * ``routing_tokens="prompt"``: the ``mask`` tokens, summed and divided in float32 (``masked_mean``);
+* ``routing_tokens="instruction"``: likewise over the ``instruction_mask`` tokens (the user's instruction only);
 * ``routing_tokens="all"``: every position (the released mean: in training it covers the answer and the right
   padding, as released), except where the context carries a ``sequence_mask`` (True on each row's own tokens,
   False on padding that batching added): then the mean covers exactly those tokens. ``LlavaMixModel.generate``
@@ -59,9 +60,15 @@ class RoutingState:
     """Per-context routing information shared by all MixLoRA layers of a model."""
 
     def __init__(self, mask: Optional[torch.Tensor], source_rows: Optional[torch.Tensor] = None,
-                 sequence_mask: Optional[torch.Tensor] = None):
+                 sequence_mask: Optional[torch.Tensor] = None, instruction_mask: Optional[torch.Tensor] = None):
         if mask is not None:
             _check_token_mask("routing mask", mask)
+        if instruction_mask is not None:
+            _check_token_mask("instruction_mask", instruction_mask)
+            other = mask if mask is not None else sequence_mask
+            if other is not None and instruction_mask.shape != other.shape:
+                raise ValueError(f"instruction_mask has shape {tuple(instruction_mask.shape)} but the routing mask "
+                                 f"has {tuple(other.shape)}")
         if sequence_mask is not None:
             _check_token_mask("sequence_mask", sequence_mask)
             if mask is not None and sequence_mask.shape != mask.shape:
@@ -73,7 +80,7 @@ class RoutingState:
                 raise ValueError("source_rows must be an integer tensor [batch] giving, for each batch row, the row it "
                                  f"routes on; got {rows.dtype} {tuple(rows.shape)}")
             n = rows.shape[0]
-            shaped = mask if mask is not None else sequence_mask
+            shaped = next((m for m in (mask, sequence_mask, instruction_mask) if m is not None), None)
             if shaped is not None and n != shaped.shape[0]:
                 raise ValueError(f"source_rows has {n} rows but the routing mask has {shaped.shape[0]}")
             if not bool(((rows >= 0) & (rows < n)).all()):
@@ -81,8 +88,9 @@ class RoutingState:
             source_rows = rows
         self.mask = mask
         self.sequence_mask = sequence_mask
+        self.instruction_mask = instruction_mask
         self.source_rows = source_rows
-        shaped = mask if mask is not None else sequence_mask
+        shaped = next((m for m in (mask, sequence_mask, instruction_mask) if m is not None), None)
         self._shape = None if shaped is None else tuple(shaped.shape)
         self.full_length: Optional[int] = None if shaped is None else shaped.shape[1]
         self._cache: dict[int, Selection] = {}
@@ -101,19 +109,25 @@ class RoutingState:
     def _mask_weights(self, tokens: str, dtype: torch.dtype, device: torch.device):
         key = (tokens, dtype, device)
         if key not in self._weights:
-            mask = self.mask if tokens == "prompt" else self.sequence_mask
+            mask = {"prompt": self.mask, "sequence": self.sequence_mask, "instruction": self.instruction_mask}[tokens]
             if mask is None:
-                raise RuntimeError(
-                    "MixLoRA routing_tokens='prompt' needs a routing mask, but the routing context has none: pass "
-                    "it (`mixlora.routing(model, mask)`, or routing_mask= to the model's forward/generate)"
-                    if tokens == "prompt" else "this routing context has no sequence_mask")
+                raise RuntimeError({
+                    "prompt": "MixLoRA routing_tokens='prompt' needs a routing mask, but the routing context has "
+                              "none: pass it (`mixlora.routing(model, mask)`, or routing_mask= to the model's "
+                              "forward/generate)",
+                    "instruction": "MixLoRA routing_tokens='instruction' needs an instruction mask, but the routing "
+                                   "context has none: build the data with instruction spans (the collators then "
+                                   "give batch['instruction_mask']) and pass it (`mixlora.routing(model, mask, "
+                                   "instruction_mask=...)`, or instruction_mask= to the model's forward/generate)",
+                    "sequence": "this routing context has no sequence_mask"}[tokens])
             mask = mask.to(device)
             counts = mask.sum(dim=1, keepdim=True).to(routing_dtype(dtype))  # [B, 1], exact integers
             self._weights[key] = (mask.to(dtype).unsqueeze(1), counts)
         return self._weights[key]
 
     def masked_mean(self, x: torch.Tensor, tokens: str = "prompt") -> torch.Tensor:
-        """Mean of ``x`` [B, T, d] over the ``mask`` (tokens="prompt") or ``sequence_mask`` (tokens="sequence")
+        """Mean of ``x`` [B, T, d] over the ``mask`` (tokens="prompt"), ``sequence_mask`` (tokens="sequence") or
+        ``instruction_mask`` (tokens="instruction")
         positions -> [B, d] in ``routing_dtype(x.dtype)`` (float32 for bf16/fp16/fp32 inputs), autocast off.
 
         h̄[b] = (Σ_t m[b,t] · x[b,t]) / n_b as one batched matmul [B, 1, T] @ [B, T, d], then a division by the
@@ -157,7 +171,8 @@ def mixlora_layers(module: nn.Module) -> list[tuple[str, MixLoRALinear]]:
 @contextmanager
 def routing(module: nn.Module, mask: Optional[torch.Tensor] = None,
             source_rows: Optional[torch.Tensor] = None,
-            sequence_mask: Optional[torch.Tensor] = None) -> Iterator[RoutingState]:
+            sequence_mask: Optional[torch.Tensor] = None,
+            instruction_mask: Optional[torch.Tensor] = None) -> Iterator[RoutingState]:
     """Supply the routing ``mask`` (bool [B, T]) to every MixLoRA layer in ``module``; see the module docstring.
 
     ``mask=None`` is allowed for layers with ``routing_tokens="all"`` (they still get the prefill cache); a
@@ -165,9 +180,10 @@ def routing(module: nn.Module, mask: Optional[torch.Tensor] = None,
     row b routes on the pooled input of row ``source_rows[b]`` (e.g. the batch doubled with task-definition
     texts, whose rows route on themselves). ``sequence_mask`` (bool [B, T], True on each row's own tokens,
     False on batching's padding) makes ``routing_tokens="all"`` average those tokens only (generation; leave it
-    None in training, where the released mean covers the padding).
+    None in training, where the released mean covers the padding). ``instruction_mask`` (bool [B, T]) is what
+    ``routing_tokens="instruction"`` layers average (the collators' ``batch["instruction_mask"]``).
     """
-    state = RoutingState(mask, source_rows, sequence_mask)
+    state = RoutingState(mask, source_rows, sequence_mask, instruction_mask)
     layers = [m for _, m in mixlora_layers(module)]
     previous = [m._routing_state for m in layers]
     for m in layers:

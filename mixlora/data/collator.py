@@ -9,10 +9,13 @@ Training batch (``TrainingCollator``), B samples padded to the longest length L 
                                   all real tokens for a sample with no supervised label
     pixel_values    float [B, 3, H, W]
     task_name, index              lists of length B
+    instruction_mask bool [B, L]  only when the samples carry ``instruction_span`` (start, end): True on those
+                                  positions, the first user turn's instruction (no system prompt, role tags, image
+                                  or answer), for ``routing_tokens="instruction"``
 
 Generation batch (``GenerationCollator``), prompts padded on the LEFT so every prompt ends at position L-1:
-    input_ids, attention_mask, routing_mask (= attention_mask.bool()), pixel_values, and every other
-    sample key (task_name, index, record, ...) as a list.
+    input_ids, attention_mask, routing_mask (= attention_mask.bool()), pixel_values, instruction_mask (as above,
+    shifted by each row's left padding), and every other sample key (task_name, index, record, ...) as a list.
 
 Task-definition rows (task routing, ``mixlora.data.definitions``). When the samples carry ``definition_key``
 (str) and ``definition_ids`` (the definition prompt's ids, no image), both collators append, after the B
@@ -21,6 +24,7 @@ instance rows, one row per distinct key in order of first appearance (K rows, B_
     labels                      [B_total, L]  IGNORE_INDEX on every definition row: they add no loss term and
                                               no token to the loss's denominator (HF's mean over labels != -100)
     routing_mask                [B_total, L]  every real token of a definition row (it is all prompt)
+    instruction_mask            [B_total, L]  likewise every real token of a definition row
     source_rows                 long [B_total]  instance row b -> B + k of its key; definition row B + k -> itself
     definition_keys             list of K keys
     pixel_values                [B, 3, H, W]  instance rows only (definition rows hold no image tokens)
@@ -91,6 +95,27 @@ def definition_rows(samples: list[dict]) -> tuple[list[str], list[list[int]], li
     return keys, ids, rows
 
 
+def _instruction_mask(samples: list[dict], total: int, width: int, starts: list[int], extra_ids) -> torch.Tensor | None:
+    """bool [total, width]: True on sample b's ``instruction_span`` shifted by ``starts[b]`` (its first position in
+    the row), and on every token of the definition rows; None when no sample carries a span."""
+    carried = ["instruction_span" in s for s in samples]
+    if not any(carried):
+        return None
+    mask = torch.zeros((total, width), dtype=torch.bool)
+    for b, sample in enumerate(samples):
+        span = sample.get("instruction_span")
+        if span is None:
+            where = f"sample {b} (task {sample.get('task_name')!r}, index {sample.get('index')})"
+            raise ValueError(f"{where} has no instruction tokens to route on"
+                             + ("" if carried[b] else " (it carries no instruction_span while others do)")
+                             + "; routing_tokens='instruction' needs a user instruction in every record")
+        mask[b, starts[b] + span[0] : starts[b] + span[1]] = True
+    for k, ids in enumerate(extra_ids):
+        row = len(samples) + k
+        mask[row, starts[row] : starts[row] + len(ids)] = True
+    return mask
+
+
 def _source_rows(batch: int, rows: list[int], n_keys: int) -> torch.Tensor:
     return torch.tensor([batch + k for k in rows] + [batch + k for k in range(n_keys)], dtype=torch.long)
 
@@ -146,6 +171,9 @@ class TrainingCollator:
             "task_name": [s["task_name"] for s in samples],
             "index": [s["index"] for s in samples],
         }
+        instruction = _instruction_mask(samples, total, width, [0] * total, extra_ids)
+        if instruction is not None:
+            out["instruction_mask"] = instruction
         if definitions is not None:
             out["source_rows"] = _source_rows(batch, rows, len(keys))
             out["definition_keys"] = keys
@@ -183,10 +211,13 @@ class GenerationCollator:
             "routing_mask": attention_mask.bool(),
             "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         }
+        instruction = _instruction_mask(samples, len(sequences), width, [width - n for n in lengths], extra_ids)
+        if instruction is not None:
+            batch["instruction_mask"] = instruction
         if definitions is not None:
             batch["source_rows"] = _source_rows(len(samples), rows, len(keys))
             batch["definition_keys"] = keys
         for key in samples[0]:
-            if key not in batch and key not in DEFINITION_KEYS:
+            if key not in batch and key not in DEFINITION_KEYS and key != "instruction_span":
                 batch[key] = [s.get(key) for s in samples]
         return batch

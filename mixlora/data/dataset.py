@@ -41,6 +41,7 @@ from mixlora.data.templates import (
     image_token_id_of,
     render_conversation,
     render_prompt,
+    shift_span,
 )
 from mixlora.options import check_choice
 
@@ -159,16 +160,19 @@ def read_annotations(path, cache_dir: str | None = None):
 
 
 def _encode_batch(batch, indices, *, source, template, tokenizer, num_image_tokens, max_length, overlong,
-                  default_task_name):
-    """datasets.map function: validate, render, tokenise and apply the over-length policy to a batch."""
+                  default_task_name, instruction_spans=False):
+    """datasets.map function: validate, render, tokenise and apply the over-length policy to a batch.
+    ``instruction_spans``: also store the instruction's token span (``instruction_start``/``_end``, -1 = none)."""
     columns = ("index", "task_name", "image", "input_ids", "labels", "length", "status", "message")
+    if instruction_spans:
+        columns += ("instruction_start", "instruction_end")
     out = {name: [] for name in columns}
     keys = list(batch)
     for j, index in enumerate(indices):
         record = {key: batch[key][j] for key in keys}
         raw_task = record.get("task_name")
         row = dict(index=index, task_name=raw_task if isinstance(raw_task, str) else "", image=None, input_ids=[],
-                   labels=[], length=0, status=_OK, message="")
+                   labels=[], length=0, status=_OK, message="", instruction_start=-1, instruction_end=-1)
         try:
             task_name, image, turns = parse_record(record, default_task_name)
             # Template-specific limits (e.g. plain takes one exchange) surface here as ValueError.
@@ -177,7 +181,12 @@ def _encode_batch(batch, indices, *, source, template, tokenizer, num_image_toke
             row.update(status=MALFORMED, message=malformed_message(source, index, raw_task, err))
         else:
             row.update(task_name=task_name, image=image)
-            ids, labels = encode_segments(segments, tokenizer)
+            if instruction_spans:
+                ids, labels, span = encode_segments(segments, tokenizer, instruction=True)
+                if span is not None:
+                    row.update(instruction_start=span[0], instruction_end=span[1])
+            else:
+                ids, labels = encode_segments(segments, tokenizer)
             row.update(_apply_length_policy(ids, labels, num_image_tokens, max_length, overlong,
                                             _where(source, index, task_name)))
         for name in columns:
@@ -257,13 +266,16 @@ class ConversationDataset(Dataset):
         check_images: check up front that every image file exists (a ``stat`` per record).
         default_task_name: task name for records without ``task_name`` (None: such records are malformed).
         cache_dir, num_proc: passed to ``datasets`` (JSON parse and tokenisation are cached there).
+        instruction_spans: items also carry ``instruction_span`` = ``(start, end)`` token positions of the first
+            user turn's instruction (after image expansion; None when the record has none), for MixLoRA's
+            ``routing_tokens="instruction"``. Needs a fast tokenizer.
     """
 
     def __init__(self, annotations: str, tokenizer, image_processor, num_image_tokens: int,
                  image_folder: str | None = None, template: str = "vicuna_v1", max_length: int = 2048,
                  overlong: str = "truncate_answer", on_error: str = "skip", check_images: bool = True,
                  default_task_name: str | None = None, max_replacements: int = 16, cache_dir: str | None = None,
-                 num_proc: int | None = None):
+                 num_proc: int | None = None, instruction_spans: bool = False):
         check_choice("overlong", overlong, OVERLONG_POLICIES)
         check_choice("on_error", on_error, ON_ERROR)
         get_template(template)
@@ -287,7 +299,8 @@ class ConversationDataset(Dataset):
         encode = functools.partial(
             _encode_batch, source=self.annotations, template=template, tokenizer=tokenizer,
             num_image_tokens=num_image_tokens, max_length=max_length, overlong=overlong,
-            default_task_name=default_task_name)
+            default_task_name=default_task_name, instruction_spans=instruction_spans)
+        self.instruction_spans = instruction_spans
         rows = raw.map(encode, batched=True, with_indices=True, remove_columns=raw.column_names,
                        num_proc=num_proc, desc=f"Tokenising {Path(self.annotations).name}")
         status = list(rows["status"])
@@ -399,13 +412,18 @@ class ConversationDataset(Dataset):
 
     def _sample(self, row, pixel_values) -> dict:
         ids, labels = expand_image_tokens(row["input_ids"], row["labels"], self.image_token_id, self.num_image_tokens)
-        return {
+        sample = {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "pixel_values": pixel_values,
             "task_name": row["task_name"],
             "index": row["index"],
         }
+        if self.instruction_spans:
+            span = (row["instruction_start"], row["instruction_end"]) if row["instruction_start"] >= 0 else None
+            sample["instruction_span"] = shift_span(span, row["input_ids"], self.image_token_id,
+                                                    self.num_image_tokens)
+        return sample
 
 
 class TaskDefinitionDataset(Dataset):

@@ -72,6 +72,10 @@ TEMPLATES = {
         sep2="</s>",
         style="two",
     ),
+    # vicuna_v1 without its system prompt ("USER: <image>\n{instruction} ASSISTANT: {answer}</s>"): the CPU testbed's
+    # template, where a constant 28-token prefix would only double the sequence length of a 16-image-token prompt.
+    "vicuna_v1_nosys": ConversationTemplate(
+        name="vicuna_v1_nosys", system="", roles=("USER", "ASSISTANT"), sep=" ", sep2="</s>", style="two"),
     # LLaVA projector pretraining (`conv_llava_plain`): image, caption, newline.
     "plain": ConversationTemplate(name="plain", system="", roles=("", ""), sep="\n", sep2="", style="plain"),
 }
@@ -89,11 +93,14 @@ class Segment:
 
     kind: ``"text"`` (tokenised), ``"image"`` (one image placeholder token, later expanded to N patch positions)
     or ``"eos"`` (the tokenizer's EOS id; ``text`` is the template's literal end marker, e.g. ``"</s>"``).
+    instruction: ``(start, end)`` character span of ``text`` holding the first user turn's instruction (no system
+    prompt, role tags or image), or None. ``encode_segments(..., instruction=True)`` maps it to token positions.
     """
 
     kind: str
     text: str
     supervised: bool
+    instruction: tuple[int, int] | None = None
 
 
 def move_image_to_front(text: str, with_image: bool = True) -> str:
@@ -165,14 +172,17 @@ def render_prompt(template: ConversationTemplate, question: str, with_image: boo
 
 def _render_two_prompt(template, text: str, with_image: bool, system: bool) -> list[Segment]:
     user, assistant = template.roles
-    head = (template.system + template.sep if system else "") + f"{user}: "
+    head = (template.system + template.sep if system and template.system else "") + f"{user}: "
     tail = f"{template.sep}{assistant}:"
     if not system:
         return [Segment("text", head + text + tail, False)]
     has_image, rest = _image_split(text, with_image)
+    # The instruction is the user text without the newline that follows the image tag.
+    skip = 1 if rest.startswith("\n") else 0
     if not has_image:
-        return [Segment("text", head + rest + tail, False)]
-    return [Segment("text", head, False), Segment("image", IMAGE_TOKEN, False), Segment("text", rest + tail, False)]
+        return [Segment("text", head + rest + tail, False, (len(head) + skip, len(head) + len(rest)))]
+    return [Segment("text", head, False), Segment("image", IMAGE_TOKEN, False),
+            Segment("text", rest + tail, False, (skip, len(rest)))]
 
 
 def _render_plain(answer: str, with_image: bool, sep: str) -> list[Segment]:
@@ -183,6 +193,31 @@ def _render_plain(answer: str, with_image: bool, sep: str) -> list[Segment]:
 def segments_to_text(segments) -> str:
     """The rendered string (what LLaVA's ``get_prompt()`` returns)."""
     return "".join(s.text for s in segments)
+
+
+def _instruction_tokens(tokenizer, text: str, span: tuple[int, int], continuation: bool, anchor: list[int],
+                        ids: list[int]) -> list[bool]:
+    """Which of ``ids`` (the encoding of ``text`` by :func:`_encode_text`) overlap the character ``span``.
+
+    A token counts when its character range shares at least one character with the span; the offsets come from a
+    fast tokenizer's ``offset_mapping`` of the very string that was encoded (``"\\n" + text`` for a continuation).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"routing on the instruction needs a fast tokenizer (offset mappings); "
+                         f"{type(tokenizer).__name__} is not one. Load it with use_fast=True.")
+    start, end = span
+    if start >= end or not ids:
+        return [False] * len(ids)
+    shift, drop = 0, 0
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if continuation:
+        joined = tokenizer("\n" + text, add_special_tokens=False, return_offsets_mapping=True)
+        if anchor and joined["input_ids"][: len(anchor)] == anchor:
+            enc, shift, drop = joined, 1, len(anchor)
+    offsets = enc["offset_mapping"][drop:]
+    if enc["input_ids"][drop:] != ids:
+        raise RuntimeError(f"offset encoding of {text!r} differs from its token ids; cannot place the instruction")
+    return [s < end + shift and e > start + shift and e > s for s, e in offsets]
 
 
 def _encode_text(tokenizer, text: str, continuation: bool, anchor: list[int] | None = None) -> list[int]:
@@ -218,15 +253,20 @@ def image_token_id_of(tokenizer) -> int:
     return token_id
 
 
-def encode_segments(segments, tokenizer, add_bos: bool = True) -> tuple[list[int], list[int]]:
+def encode_segments(segments, tokenizer, add_bos: bool = True, instruction: bool = False):
     """Tokenise segment by segment and concatenate: returns ``(input_ids, labels)``, both of length L.
 
     labels[t] = input_ids[t] where the token came from a supervised segment, else IGNORE_INDEX.
     BOS (if ``add_bos`` and the tokenizer has one) starts the sequence and is never supervised. Each image
     segment becomes ONE ``<image>`` id here; :func:`expand_image_tokens` widens it to the patch count.
+
+    ``instruction=True`` returns ``(input_ids, labels, span)`` with ``span = (start, end)``: the token positions
+    [start, end) of the first segment's instruction (``Segment.instruction``; tokens that share a character with
+    it), or None when no segment marks one. Needs a fast tokenizer. The ids are the same either way.
     """
     input_ids: list[int] = []
     labels: list[int] = []
+    span = None
     if add_bos and tokenizer.bos_token_id is not None:
         input_ids.append(tokenizer.bos_token_id)
         labels.append(IGNORE_INDEX)
@@ -244,10 +284,27 @@ def encode_segments(segments, tokenizer, add_bos: bool = True) -> tuple[list[int
             ids = [tokenizer.eos_token_id]
         else:
             ids = _encode_text(tokenizer, seg.text, continuation=started, anchor=anchor)
+            if instruction and span is None and seg.instruction is not None:
+                inside = _instruction_tokens(tokenizer, seg.text, seg.instruction, started, anchor, ids)
+                marked = [t for t, flag in enumerate(inside) if flag]
+                if marked:
+                    span = (len(input_ids) + marked[0], len(input_ids) + marked[-1] + 1)
         input_ids.extend(ids)
         labels.extend(ids if seg.supervised else [IGNORE_INDEX] * len(ids))
         started = started or bool(ids)
+    if instruction:
+        return input_ids, labels, span
     return input_ids, labels
+
+
+def shift_span(span: tuple[int, int] | None, input_ids, image_token_id: int, num_image_tokens: int):
+    """``span`` (token positions before :func:`expand_image_tokens`) -> positions after it: each image id before
+    the span's start adds ``num_image_tokens - 1`` positions (the instruction itself never holds an image)."""
+    if span is None:
+        return None
+    before = sum(1 for t in input_ids[: span[0]] if t == image_token_id)
+    extra = before * (num_image_tokens - 1)
+    return span[0] + extra, span[1] + extra
 
 
 def expand_image_tokens(input_ids, labels, image_token_id: int, num_image_tokens: int):

@@ -21,6 +21,7 @@ that of the instance rows alone; ``generate`` returns the instance rows only.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, Optional, Union
@@ -120,12 +121,32 @@ class LlavaMixModel(nn.Module):
         for p in self.llm.parameters():
             p.requires_grad_(False)
         self.set_projector_trainable(not freeze_projector)
+        self.image_pool = 1
+        self.feature_cache = None  # a mixlora.model.feature_cache.FeatureCache, or None
+
+    def set_image_pool(self, pool: int) -> None:
+        """Average the tower's g x g patch grid over ``pool`` x ``pool`` windows before the projector:
+        N = g^2 -> (g / pool)^2 image tokens (``1`` = off, the paper's setting). g must be divisible by ``pool``."""
+        if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+            raise ValueError(f"image_pool must be a positive integer (1 = no pooling), got {pool!r}")
+        grid = math.isqrt(self.vision_tower.num_patches)
+        if grid * grid != self.vision_tower.num_patches or grid % pool:
+            raise ValueError(f"image_pool={pool} needs a square patch grid whose side is divisible by it; the tower "
+                             f"has {self.vision_tower.num_patches} patches (side {grid})")
+        self.image_pool = pool
+
+    def attach_feature_cache(self, cache) -> None:
+        """Serve the frozen tower's outputs from ``cache`` (``FeatureCache`` for this tower; None detaches)."""
+        if cache is not None and cache.tower is not self.vision_tower:
+            raise ValueError("the feature cache was built for another vision tower")
+        self.feature_cache = cache
 
     # ---------------------------------------------------------------- properties and helpers
     @property
     def num_image_tokens(self) -> int:
-        """N: how many ``<image>`` token ids the data pipeline must put in place of each ``<image>``."""
-        return self.vision_tower.num_patches
+        """N: how many ``<image>`` token ids the data pipeline must put in place of each ``<image>``
+        (the tower's patch count, divided by ``image_pool ** 2``)."""
+        return self.vision_tower.num_patches // (self.image_pool * self.image_pool)
 
     def image_processor_kwargs(self) -> dict[str, Any]:
         """``{"image_size", "mean", "std"}`` of the vision tower, for the data pipeline's ImageProcessor."""
@@ -143,6 +164,12 @@ class LlavaMixModel(nn.Module):
         """Inverse of ``projector_state_dict``; clear errors on key or shape mismatch."""
         load_projector_state(self.projector, state)
 
+    def routes_on_instruction(self) -> bool:
+        """Whether any MixLoRA layer averages the instruction only (``routing_tokens="instruction"``): its data then
+        needs instruction spans (datasets) and ``instruction_mask`` (collators)."""
+        return any(getattr(m, "routing_tokens", None) == "instruction" for m in self.llm.modules()
+                   if isinstance(m, mixlora.MixLoRALinear))
+
     def task_routed(self) -> bool:
         """Whether any MixLoRA layer of the LLM routes on task definitions (``routing_source="task"``)."""
         return any(getattr(m, "routing_source", None) == "task" for m in self.llm.modules()
@@ -150,9 +177,10 @@ class LlavaMixModel(nn.Module):
 
     def routing(self, routing_mask: Optional[torch.Tensor],
                 source_rows: Optional[torch.Tensor] = None,
-                sequence_mask: Optional[torch.Tensor] = None) -> ContextManager:
-        """``mixlora.routing(self.llm, routing_mask, source_rows=source_rows, sequence_mask=sequence_mask)``, or a
-        no-op when all three are None (then an enclosing context, e.g. the training loop's, is the one in force).
+                sequence_mask: Optional[torch.Tensor] = None,
+                instruction_mask: Optional[torch.Tensor] = None) -> ContextManager:
+        """``mixlora.routing(self.llm, routing_mask, source_rows=..., sequence_mask=..., instruction_mask=...)``, or
+        a no-op when all are None (then an enclosing context, e.g. the training loop's, is the one in force).
         ``sequence_mask`` (bool [B, L], the real tokens) is what ``generate`` passes so that
         ``routing_tokens="all"`` ignores the left padding (``mixlora.routing_state``).
 
@@ -165,10 +193,11 @@ class LlavaMixModel(nn.Module):
                              "source_rows were given: build the batch with task definitions (train.py: "
                              "data.task_definitions=PATH; eval.py: task_definitions=PATH) so the collator appends "
                              "definition rows and returns source_rows")
-        if routing_mask is None and source_rows is None and sequence_mask is None:
+        if routing_mask is None and source_rows is None and sequence_mask is None and instruction_mask is None:
             return nullcontext()
         # Looked up on the package at call time: the public name is stable, the module holding it is not.
-        return mixlora.routing(self.llm, routing_mask, source_rows=source_rows, sequence_mask=sequence_mask)
+        return mixlora.routing(self.llm, routing_mask, source_rows=source_rows, sequence_mask=sequence_mask,
+                               instruction_mask=instruction_mask)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         """Activation checkpointing in the LLM (non-reentrant by default in transformers 5)."""
@@ -181,8 +210,17 @@ class LlavaMixModel(nn.Module):
 
     # ---------------------------------------------------------------- inputs
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] -> projected patch features [B, N, D_llm] (no gradient through the frozen tower)."""
-        features = self.vision_tower(pixel_values)
+        """[B, 3, S, S] -> projected patch features [B, N, D_llm] (no gradient through the frozen tower).
+
+        Tower output [B, g*g, D_v] (from the feature cache when one is attached) -> with ``image_pool`` = p > 1,
+        the mean over each p x p window of the row-major g x g grid -> [B, (g/p)^2, D_v] -> projector.
+        """
+        features = self.feature_cache(pixel_values) if self.feature_cache is not None else self.vision_tower(pixel_values)
+        if self.image_pool > 1:
+            b, n, d = features.shape
+            g, p = math.isqrt(n), self.image_pool
+            grid = features.transpose(1, 2).reshape(b, d, g, g)
+            features = torch.nn.functional.avg_pool2d(grid, p).reshape(b, d, -1).transpose(1, 2)
         weight = next(self.projector.parameters())
         return self.projector(features.to(weight.dtype))
 
@@ -263,6 +301,7 @@ class LlavaMixModel(nn.Module):
         labels: Optional[torch.Tensor] = None,
         routing_mask: Optional[torch.Tensor] = None,
         source_rows: Optional[torch.Tensor] = None,
+        instruction_mask: Optional[torch.Tensor] = None,
     ):
         """Causal-LM forward; returns the HF output (``loss`` when ``labels`` are given, ``logits`` [B, L, V]).
 
@@ -272,12 +311,13 @@ class LlavaMixModel(nn.Module):
         ``mixlora.routing``. Task routing: ``source_rows`` [B_total] and B_total rows (module docstring); the
         logits then have B_total rows, the definition rows last, and the loss counts the instance rows only.
         """
-        for name, mask in (("attention_mask", attention_mask), ("labels", labels), ("routing_mask", routing_mask)):
+        for name, mask in (("attention_mask", attention_mask), ("labels", labels), ("routing_mask", routing_mask),
+                           ("instruction_mask", instruction_mask)):
             self._check_mask(name, mask, input_ids)
         if source_rows is not None:
             self._check_task_batch(source_rows, input_ids, pixel_values)
         embeds = self.embed_inputs(input_ids, pixel_values)
-        with self.routing(routing_mask, source_rows):
+        with self.routing(routing_mask, source_rows, instruction_mask=instruction_mask):
             return self.llm(
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,
@@ -294,6 +334,7 @@ class LlavaMixModel(nn.Module):
         pixel_values: Optional[torch.Tensor],
         routing_mask: Optional[torch.Tensor] = None,
         source_rows: Optional[torch.Tensor] = None,
+        instruction_mask: Optional[torch.Tensor] = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Batched generation from LEFT-padded prompts; returns only the new tokens [B, T_new].
@@ -314,7 +355,8 @@ class LlavaMixModel(nn.Module):
         ``decode_routing="per_step"`` is refused with task routing: a decode step would re-route the instance
         on the definition row's newly generated token, which is not its definition.
         """
-        for name, mask in (("attention_mask", attention_mask), ("routing_mask", routing_mask)):
+        for name, mask in (("attention_mask", attention_mask), ("routing_mask", routing_mask),
+                           ("instruction_mask", instruction_mask)):
             self._check_mask(name, mask, input_ids)
         batch = None
         if source_rows is not None:
@@ -348,7 +390,8 @@ class LlavaMixModel(nn.Module):
             criteria = StoppingCriteriaList(generate_kwargs.pop("stopping_criteria", None) or [])
             criteria.append(_FinishRows(finished))
             generate_kwargs["stopping_criteria"] = criteria
-        with self.routing(routing_mask, source_rows, sequence_mask=attention_mask.bool()):
+        with self.routing(routing_mask, source_rows, sequence_mask=attention_mask.bool(),
+                          instruction_mask=instruction_mask):
             new_tokens = self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
         return new_tokens if batch is None else new_tokens[:batch]
 

@@ -171,9 +171,11 @@ def select_tasks(task_names: list[str], patterns: list[str], source: str = "the 
     return sorted(keep)
 
 
-def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_tokens: int, seed: int):
+def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_tokens: int, seed: int,
+                  instruction_spans: bool = False):
     """``ConversationDataset``, restricted to ``data.tasks`` (if set), then a seeded subset of ``max_samples``,
-    with each sample's task definition attached when ``data.task_definitions`` is set; returns (dataset, lengths)."""
+    with each sample's task definition attached when ``data.task_definitions`` is set; returns (dataset, lengths).
+    ``instruction_spans``: samples carry their instruction's token span (``routing_tokens="instruction"``)."""
     from mixlora.data.dataset import ConversationDataset
 
     if data.max_length <= num_image_tokens:  # known only now: the image token count is the model's
@@ -183,7 +185,8 @@ def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_toke
     ds = ConversationDataset(data.annotations, tokenizer, image_processor, num_image_tokens,
                              image_folder=data.image_folder, template=data.template, max_length=data.max_length,
                              overlong=data.overlong, on_error=data.on_error, check_images=data.check_images,
-                             cache_dir=data.cache_dir, default_task_name=data.default_task_name)
+                             cache_dir=data.cache_dir, default_task_name=data.default_task_name,
+                             instruction_spans=instruction_spans)
     lengths = list(ds.lengths)
     if data.tasks is not None:
         chosen = select_tasks(ds.task_names, data.tasks, source=data.annotations)

@@ -9,9 +9,10 @@ a subclass overriding training_step, the saving code and the sampler anyway.
 One optimiser step::
 
     for each of `accumulation` micro-batches (this rank's share of the global batch):
-        with model.routing(batch["routing_mask"], batch.get("source_rows")):
+        with model.routing(batch["routing_mask"], batch.get("source_rows"), instruction_mask=...):
             # routing_mask: bool [B, L], the prompt tokens MixLoRA routes on; source_rows: long [B], only under
-            # task routing (each row's task-definition row, appended by the collator; labels -100 there)
+            # task routing (each row's task-definition row, appended by the collator; labels -100 there);
+            # instruction_mask: bool [B, L], only for routing_tokens="instruction"
             loss = model(input_ids, attention_mask, pixel_values, labels).loss   (under autocast on GPU/bf16)
             backend.backward(loss)                        # accumulates loss / accumulation
     grad_norm = backend.step()                            # clip, update, advance the LR schedule
@@ -38,6 +39,13 @@ def source_rows(batch: dict, device: torch.device):
     """The batch's ``source_rows`` on ``device`` (task routing: each row's definition row), or None."""
     rows = batch.get("source_rows")
     return None if rows is None else rows.to(device)
+
+
+def routing_context(model, batch: dict, device: torch.device):
+    """``model.routing`` for a collated batch: its routing mask, source rows and instruction mask, on ``device``."""
+    instruction = batch.get("instruction_mask")
+    return model.routing(batch["routing_mask"].to(device), source_rows(batch, device),
+                         instruction_mask=None if instruction is None else instruction.to(device))
 
 
 def train_steps(*, backend, stream, dist, metrics, state: TrainerState, stop_step: int, accumulation: int,
@@ -68,7 +76,7 @@ def train_steps(*, backend, stream, dist, metrics, state: TrainerState, stop_ste
         for _ in range(accumulation):
             epoch, consumed, batch = next(stream_iter)
             inputs = to_device(batch, device)
-            with model.routing(batch["routing_mask"].to(device), source_rows(batch, device)):
+            with routing_context(model, batch, device):
                 with backend.autocast():
                     loss = backend.forward(**inputs).loss
                 backend.backward(loss)
@@ -111,7 +119,7 @@ def probe_loss(backend, batch: dict, device: torch.device) -> float:
     was_training = model.training
     model.eval()
     try:
-        with model.routing(batch["routing_mask"].to(device), source_rows(batch, device)):
+        with routing_context(model, batch, device):
             with backend.autocast():
                 return float(backend.forward(**to_device(batch, device)).loss)
     finally:

@@ -223,7 +223,8 @@ def _train(plan: Plan, dist, meta: dict, tr, out: Path, seed: int) -> dict:
         model.gradient_checkpointing_enable()
 
     # ---- data stream and schedule
-    dataset, lengths = build_dataset(plan.data, tokenizer, stack.image_processor, model.num_image_tokens, seed)
+    dataset, lengths = build_dataset(plan.data, tokenizer, stack.image_processor, model.num_image_tokens, seed,
+                                     instruction_spans=model.routes_on_instruction())
     collate = TrainingCollator(tokenizer.pad_token_id)
     stream = MicroBatchStream(dataset, lengths, tr.micro_batch_size, plan.accumulation, dist.rank, dist.world,
                               collate, seed, num_workers=plan.data.num_workers,
@@ -313,6 +314,8 @@ def _train(plan: Plan, dist, meta: dict, tr, out: Path, seed: int) -> dict:
             write_json(out / RUN_FILE, meta)
     finally:
         metrics.close()
+        if model.feature_cache is not None:  # the features computed so far serve the next run (atomic shards)
+            model.feature_cache.flush()
     dist.barrier()
     if dist.is_main:
         print(format_summary(summary), flush=True)

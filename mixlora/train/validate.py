@@ -189,6 +189,12 @@ def check_model_paths(model: dict) -> None:
                           "mm_projector.bin)")
     if model.get("init_checkpoint") and not Path(model["init_checkpoint"]).is_file():
         raise ConfigError(f"model.init_checkpoint: {model['init_checkpoint']!r} does not exist")
+    pool = model.get("image_pool", 1)
+    if pool is not None and (not isinstance(pool, int) or isinstance(pool, bool) or pool < 1):
+        raise ConfigError(f"model.image_pool must be a positive integer (1 = no pooling), got {pool!r}")
+    cache = model.get("feature_cache")
+    if cache is not None and (not isinstance(cache, str) or Path(cache).is_file()):
+        raise ConfigError(f"model.feature_cache must be a folder path (or null), got {cache!r}")
 
 
 def check_builder(model: dict) -> None:
@@ -239,6 +245,9 @@ def resolve_zero3_init(trainer: TrainerSettings, model: dict, ds_config: Optiona
     if init and model.get("init_checkpoint"):
         raise ConfigError("model.init_checkpoint cannot be loaded into a model built partitioned (zero3_init); set "
                           "trainer.zero3_init=off")
+    if init and model.get("feature_cache"):
+        raise ConfigError("model.feature_cache needs the whole vision tower to key its entries, but zero3_init builds "
+                          "it partitioned; set trainer.zero3_init=off or model.feature_cache=null")
     return init
 
 
