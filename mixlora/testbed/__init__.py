@@ -1,0 +1,1 @@
+"""The interference testbed: rows, recipe, report (``python -m mixlora.testbed``; docs/testbed.md)."""

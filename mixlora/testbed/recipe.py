@@ -1,0 +1,215 @@
+"""The testbed recipe, shared by the demo and the full table: data -> stage-1 base -> stage-2 rows -> evaluation.
+
+Every run goes through the same entry points as ``python train.py`` (``mixlora.train.run`` on a composed
+config) and the same library evaluation as ``eval.py`` (``mixlora.build.load_run`` + ``mixlora.evaluate``), in
+this process, so the per-run cost is the training and generation themselves, not interpreter start-up.
+
+Layout of OUT::
+
+    OUT/base/                          stage 1: the whole tiny LLM + projector trained on the captions
+    OUT/runs/<row>_s<seed>/            a joint or full row: a run directory (train.py layout) + eval/
+    OUT/runs/<row>_s<seed>/<task>/     a specialist row: one run directory per task
+    OUT/runs/.../testbed.json          what was run: row, seed, overrides, train and eval wall times
+    OUT/results.json, results.md, plots/   the report (mixlora.testbed.report)
+
+Resumable: training uses ``resume=true`` (a finished run is not retrained; a stopped one continues from its
+checkpoint), and a run whose ``eval/metrics.json`` exists is not evaluated again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .rows import Row
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("seen", "unseen")
+RECORD = "testbed.json"
+# vicuna_v1's roles without its system prompt: a constant prefix would double the sequence length here.
+TEMPLATE = "vicuna_v1_nosys"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes of one table: steps, batch, learning rates and how many test instances per task are scored.
+
+    stage2_steps is the joint run's length; a specialist trains ``stage2_steps // tasks`` steps on its one task,
+    i.e. on as many examples of that task as the joint run sees of it.
+    """
+
+    stage1_steps: int = 1000
+    stage2_steps: int = 300
+    batch_size: int = 32
+    stage1_lr: float = 3e-3
+    adapter_lr: float = 5e-3
+    full_lr: float = 3e-4     # measured on full_ft itself: 49.0 % seen at 3e-4 against 41.9 % at 1e-3
+    eval_per_task: Optional[int] = None   # None: every test instance (300 per task and split by default)
+    eval_batch_size: int = 100
+    max_new_tokens: int = 4   # the longest answer ("bottom right") is two tokens and EOS
+
+
+TABLE = Budget()
+# The demo's reduced sizes (shorter stages, 100 test instances per task and split), chosen for its time budget.
+DEMO = Budget(stage1_steps=500, stage2_steps=200, eval_per_task=100)
+
+
+def data_overrides(data: Path) -> list[str]:
+    """What every testbed run shares: its data, 2x2 pooling (16 image tokens), the feature cache, no wandb."""
+    return [f"data.image_folder={data / 'images'}", "data.generate=null", "data.max_length=128",
+            f"data.template={TEMPLATE}",
+            "model.image_pool=2", f"model.feature_cache={data / 'feature_cache'}", "logger=disabled",
+            "trainer.progress=lines", "trainer.log_every=100", "resume=true", "trainer.keep_checkpoints=1"]
+
+
+def template_corpus(out: Path, copies: int = 200) -> Path:
+    """``OUT/template_corpus.json``: the chat template's fixed text (role tags, and a system prompt if the template
+    has one) as training records, so the local BPE learns it as a pretrained tokenizer knows English."""
+    from mixlora.checkpoint import atomic_write
+    from mixlora.data.templates import get_template
+
+    chat = get_template(TEMPLATE)
+    user, assistant = chat.roles
+    record = {"id": "template", "task_name": "template",
+              "conversations": [{"from": "human", "value": f"{chat.system} {user}: hello{chat.sep}".strip()},
+                                {"from": "gpt", "value": f"{assistant}: hello"}]}
+    path = out / "template_corpus.json"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps([record] * copies)))
+    return path
+
+
+def stage1_overrides(out: Path, data: Path, budget: Budget) -> list[str]:
+    corpus = template_corpus(out)
+    return [*data_overrides(data), f"output_dir={out / 'base'}", "adapter=none", "model.train_llm=true",
+            f"data.annotations={data / 'stage1.json'}",
+            f"model.tokenizer.corpus=[{data / 'stage1.json'},{data / 'train.json'},{corpus}]",
+            f"trainer.schedule_steps={budget.stage1_steps}", f"trainer.save_every={max(budget.stage1_steps // 3, 1)}",
+            f"trainer.micro_batch_size={budget.batch_size}", f"trainer.global_batch_size={budget.batch_size}",
+            f"trainer.optimizer.lr={budget.stage1_lr}", "seed=0"]
+
+
+def stage2_overrides(row: Row, seed: int, out: Path, data: Path, budget: Budget, run_dir: Path,
+                     task: Optional[str] = None, n_tasks: int = 1) -> list[str]:
+    base = out / "base"
+    steps = budget.stage2_steps if task is None else max(budget.stage2_steps // n_tasks, 1)
+    lr = budget.full_lr if row.kind == "full" else budget.adapter_lr
+    overrides = [*data_overrides(data), f"output_dir={run_dir}", f"data.annotations={data / 'train.json'}",
+                 f"model.init_checkpoint={base / 'model.safetensors'}", "model.tokenizer.kind=pretrained",
+                 f"model.tokenizer.path={base / 'tokenizer'}", f"trainer.schedule_steps={steps}",
+                 f"trainer.save_every={max(steps // 2, 1)}", f"trainer.micro_batch_size={budget.batch_size}",
+                 f"trainer.global_batch_size={budget.batch_size}", f"trainer.optimizer.lr={lr}", f"seed={seed}",
+                 *row.overrides]
+    if row.kind != "full":
+        # Adapter dropout off in every adapter row: on CPU its random mask over each layer's input cost ~40 % of
+        # a step here, and seeds still vary initialisation and data order.
+        overrides.append("adapter.dropout=0.0")
+    if task is not None:
+        overrides.append(f"data.tasks=['{task}']")
+    return overrides
+
+
+def train(overrides: list[str]) -> dict:
+    """``python train.py OVERRIDES`` in this process; returns its summary."""
+    from mixlora.train import compose_config, run
+
+    return run(compose_config(overrides))
+
+
+def test_tasks(data: Path) -> dict:
+    """{split: SeenTask} for the testbed's seen-phrasing and unseen-phrasing test files."""
+    from mixlora.tasks.seen import SeenTask
+
+    return {split: SeenTask(str(data / "eval" / split / "test.jsonl"), name=split, max_new_tokens=4)
+            for split in SPLITS}
+
+
+def evaluate_run(run_dir: Path, data: Path, budget: Budget, task: Optional[str] = None) -> dict:
+    """Score ``run_dir`` on both splits (only ``task``'s records for a specialist); writes ``run_dir/eval/``."""
+    from mixlora.build import load_run
+    from mixlora.evaluate import evaluate, load_examples
+
+    metrics = run_dir / "eval" / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())
+    tasks = test_tasks(data)
+    decoding = {"template": TEMPLATE, "do_sample": False, "max_new_tokens": budget.max_new_tokens}
+    examples = load_examples(tasks, budget.eval_per_task, decoding)
+    if task is not None:
+        examples = {split: [e for e in rows if e.group == task] for split, rows in examples.items()}
+    stack, _ = load_run(run_dir)
+    try:
+        return evaluate(stack, tasks, run_dir, decoding, batch_size=budget.eval_batch_size,
+                        limit=budget.eval_per_task, overwrite=True, progress="none", examples=examples,
+                        source={"run": str(run_dir)})
+    finally:
+        if stack.model.feature_cache is not None:
+            stack.model.feature_cache.flush()
+
+
+def run_dirs(row: Row, seed: int, out: Path, tasks: list[str]) -> list[tuple[Path, Optional[str]]]:
+    """[(run directory, task or None)] of one row and seed."""
+    folder = out / "runs" / f"{row.name}_s{seed}"
+    if row.kind == "specialist":
+        return [(folder / task.split("+")[-1], task) for task in tasks]
+    return [(folder, None)]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return round(time.perf_counter() - start, 2)
+
+
+def run_row(row: Row, seed: int, out: Path, data: Path, budget: Budget, tasks: list[str],
+            say: Callable[[str], None] = print) -> None:
+    """Train and evaluate one row and seed (every task of a specialist row); finished parts are skipped."""
+    for run_dir, task in run_dirs(row, seed, out, tasks):
+        record_path = run_dir / RECORD
+        if record_path.is_file() and (run_dir / "eval" / "metrics.json").is_file():
+            continue
+        overrides = stage2_overrides(row, seed, out, data, budget, run_dir, task, len(tasks))
+        train_s = _timed(lambda: train(overrides))
+        eval_s = _timed(lambda: evaluate_run(run_dir, data, budget, task))
+        record = {"row": row.name, "seed": seed, "task": task, "overrides": overrides, "budget": asdict(budget),
+                  "train_s": train_s, "eval_s": eval_s}
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        say(f"    {run_dir.relative_to(out)}: train {train_s:.0f} s, eval {eval_s:.0f} s")
+
+
+def run_stage1(out: Path, data: Path, budget: Budget, say: Callable[[str], None] = print) -> dict:
+    summary = train(stage1_overrides(out, data, budget))
+    say(f"    base: loss {summary.get('loss_last', float('nan')):.3f}")
+    return summary
+
+
+def seeds_for(row: Row, demo: bool, demo_seeds: int = 2) -> list[int]:
+    """A row's default seeds: its own count in the table; in the demo, ``demo_seeds`` for joint rows and one for
+    the ceiling (full) and the specialists."""
+    if demo:
+        return list(range(demo_seeds if row.kind == "joint" else 1))
+    return list(range(row.seeds))
+
+
+def run_table(out: Path, data: Path, plan: list[tuple[Row, int]], budget: Budget, tasks: list[str],
+              keep_going: bool = False, say: Callable[[str], None] = print) -> list[str]:
+    """Stage 1 (once per OUT), then every (row, seed) of ``plan``; returns the failures (empty unless
+    ``keep_going``, which logs a failed run and goes on)."""
+    say(f"2/4 stage 1: base model ({budget.stage1_steps} steps)")
+    run_stage1(out, data, budget, say=say)
+    failed = []
+    for n, (row, seed) in enumerate(plan, 1):
+        say(f"3/4 [{n}/{len(plan)}] {row.name} seed {seed}")
+        try:
+            run_row(row, seed, out, data, budget, tasks, say=say)
+        except Exception as err:  # noqa: BLE001 - re-raised unless keep_going; then reported by the caller
+            if not keep_going:
+                raise
+            failed.append(f"{row.name} seed {seed}: {type(err).__name__}: {err}")
+            say(f"    FAILED ({failed[-1]}); --keep-going: next run")
+    return failed

@@ -1,0 +1,170 @@
+"""The testbed's rows, report arithmetic and CLI (``mixlora.testbed``); the recipe itself at a reduced size.
+
+References: hand-computed means, standard errors and verdicts on hand-written per-task scores; parameter counts
+from the LoRA/MixLoRA formulas written out here (E (d_in + d_out) per adapted layer); the adapter configs the
+rows must compose to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixlora import AdapterConfig
+from mixlora.testbed import report as R
+from mixlora.testbed.recipe import RECORD, SPLITS
+from mixlora.testbed.rows import BY_NAME, DEMO_ROWS, ROWS, select_rows
+from mixlora.train import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ["testbed+colour_name", "testbed+colour_flip", "testbed+size_name", "testbed+size_flip"]
+
+
+def test_every_row_composes_to_the_adapter_it_names():
+    for row in ROWS:
+        cfg = compose_config(list(row.overrides))
+        if row.kind == "full":
+            assert cfg.adapter.kind == "none" and cfg.model.train_llm is True
+            continue
+        adapter = AdapterConfig.coerce(cfg.adapter)
+        assert adapter.rank == row.rank
+        if row.method == "mixlora":
+            assert adapter.num_factors == row.num_factors and adapter.rank < adapter.num_factors
+            assert adapter.routing_tokens == row.routing
+            released = row.variant == "released"
+            assert adapter.cfs == ("released" if released else "none" if row.variant == "ifs_only" else "paper")
+            assert adapter.alpha == (2 * row.num_factors if released else 2 * row.rank)
+            assert adapter.routing_source == ("random" if row.variant == "random" else "instance")
+            assert adapter.router_grad == ("straight_through" if row.variant == "straight_through" else "none")
+        else:
+            assert adapter.kind == "lora" and adapter.alpha == 2 * row.rank
+    assert set(DEMO_ROWS) <= set(BY_NAME)
+    with pytest.raises(ValueError, match="unknown testbed rows"):
+        select_rows(["lora_r3"])
+
+
+def test_lora_r8_trains_as_many_numbers_as_mixlora_e8_r2():
+    """Frozen routers: MixLoRA E/r trains E (d_in + d_out) per layer, LoRA rank r' trains r' (d_in + d_out)."""
+    from mixlora import inject_adapters
+    from mixlora.model import build_tiny_llava
+
+    def trainable(cfg):
+        model = build_tiny_llava(vocab_size=64, image_token_id=5)
+        inject_adapters(model.llm, AdapterConfig(**cfg))
+        return sum(p.numel() for n, p in model.llm.named_parameters() if p.requires_grad)
+
+    # tiny LLM: 2 blocks, hidden 128, SwiGLU 384; q,k,v,o 128->128, gate/up 128->384, down 384->128
+    per_block = 4 * (128 + 128) + 2 * (128 + 384) + (384 + 128)
+    assert trainable(dict(kind="lora", rank=8, alpha=16.0)) == 2 * 8 * per_block
+    assert trainable(dict(kind="mixlora", num_factors=8, rank=2, alpha=4.0)) == 2 * 8 * per_block
+
+
+def _fake_run(out: Path, row: str, seed: int, scores: dict, task=None, count=100):
+    run = out / "runs" / f"{row}_s{seed}" / (task.split("+")[-1] if task else "")
+    for split in SPLITS:
+        per_task = {t: {"accuracy": a, "correct": round(a * count / 100), "count": count} for t, a in scores.items()}
+        folder = run / "eval" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps({"scores": {"per_task": per_task}}))
+    (run / RECORD).write_text(json.dumps({"row": row, "seed": seed, "task": task}))
+
+
+def test_report_means_standard_errors_and_verdicts(tmp_path):
+    # lora_r2: two seeds; mixc: two seeds; specialists: one seed, one run per task
+    _fake_run(tmp_path, "lora_r2", 0, dict(zip(TASKS, [80, 40, 70, 50])))
+    _fake_run(tmp_path, "lora_r2", 1, dict(zip(TASKS, [84, 44, 74, 54])))
+    _fake_run(tmp_path, "mixc_e8_r2_instr", 0, dict(zip(TASKS, [90, 80, 85, 75])))
+    _fake_run(tmp_path, "mixc_e8_r2_instr", 1, dict(zip(TASKS, [90, 84, 85, 79])))
+    for task, acc in zip(TASKS, [95, 90, 92, 88]):
+        _fake_run(tmp_path, "spec_lora_r2", 0, {t: (acc if t == task else 0.0) for t in TASKS}, task=task)
+    report = R.build_report(tmp_path, TASKS)
+    by = {r["row"]: r for r in report["rows"]}
+    lora = by["lora_r2"]["seen"]
+    assert lora["mean"] == pytest.approx((60 + 64) / 2)  # run means 60 and 64
+    assert lora["se"] == pytest.approx(math.sqrt(((60 - 62) ** 2 + (64 - 62) ** 2) / 1) / math.sqrt(2))
+    assert lora["se_from"] == "seeds"
+    spec = by["spec_lora_r2"]["seen"]  # one seed: each task's own accuracy, binomial SE over 100 instances each
+    assert spec["mean"] == pytest.approx((95 + 90 + 92 + 88) / 4)
+    terms = sum(p * (1 - p) / 100 for p in (0.95, 0.90, 0.92, 0.88))
+    assert spec["se"] == pytest.approx(100 * math.sqrt(terms) / 4)
+    colour = by["lora_r2"]["seen_families"]["colour"]
+    assert colour["mean"] == pytest.approx(((80 + 40) / 2 + (84 + 44) / 2) / 2)
+    claim = next(c for c in report["claims"] if c["b"] == "lora_r2" and c["a"] == "mixc_e8_r2_instr")
+    mix = by["mixc_e8_r2_instr"]["seen"]
+    assert claim["seen"]["diff"] == pytest.approx(mix["mean"] - lora["mean"])
+    assert claim["seen"]["se"] == pytest.approx(math.sqrt(mix["se"] ** 2 + lora["se"] ** 2))
+    assert claim["seen"]["verdict"] == "yes"  # +21 against 2 SE of about 4
+    size = report["interference"]["size"]
+    assert size["diff"] == pytest.approx((92 + 88) / 2 - ((70 + 50) / 2 + (74 + 54) / 2) / 2)
+    text = R.markdown(report)
+    assert "| lora_r2 | 2 |" in text and "Interference" in text
+    R.plot_families(report, tmp_path / "plots" / "f.png")
+    assert (tmp_path / "plots" / "f.png").stat().st_size > 0
+
+
+def test_incomplete_seed_is_left_out_and_difference_within_noise_is_not_a_verdict(tmp_path):
+    _fake_run(tmp_path, "lora_r2", 0, dict(zip(TASKS, [50, 50, 50, 50])))
+    _fake_run(tmp_path, "lora_r2", 1, dict(zip(TASKS[:2], [50, 50])))  # missing tasks: not a complete run
+    row = R.summarize_row("lora_r2", R.collect(tmp_path)["lora_r2"], TASKS)
+    assert row["seeds"] == [0]
+    a = {"mean": 51.0, "se": 1.0}
+    b = {"mean": 50.0, "se": 1.0}
+    assert R.difference(a, b)["verdict"] == "not distinguishable"
+    assert R.difference(b, {"mean": 60.0, "se": 1.0})["verdict"] == "reversed"
+
+
+def test_cli_rejects_unknown_rows_and_lists_runs(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "mixlora.testbed", "table", str(tmp_path), "--rows", "nope"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown testbed rows" in bad.stderr
+    dry = subprocess.run([sys.executable, "-m", "mixlora.testbed", "demo", str(tmp_path), "--dry-run"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert sum(line.startswith("lora_r2 seed") for line in lines) == 2
+    assert sum(line.startswith("spec_lora_r2 seed 0 task") for line in lines) == 12
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_demo_recipe_at_reduced_size_writes_the_report_and_resumes(tmp_path):
+    """The demo's rows and seeds through the real recipe (stage 1, full, specialists, LoRA, MixLoRA with
+    instruction routing, pooled cached features), tiny sizes; a second call trains nothing."""
+    from mixlora.data.testbed import TASKS, make_testbed
+    from mixlora.testbed.recipe import Budget, run_table, seeds_for
+    from mixlora.testbed.usage import routing_usage
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_testbed(data, train_images=40, test_images=24, train_per_task=8, test_per_task=2, stage1_size=24,
+                 progress=False)
+    tasks = [t.task_name for t in TASKS]
+    budget = Budget(stage1_steps=3, stage2_steps=12, batch_size=8, eval_per_task=2, eval_batch_size=48)
+    plan = [(row, seed) for row in select_rows(DEMO_ROWS) for seed in seeds_for(row, demo=True)]
+    assert [(r.name, s) for r, s in plan] == [("full_ft", 0), ("spec_lora_r2", 0), ("lora_r2", 0), ("lora_r2", 1),
+                                              ("mixc_e8_r2_instr", 0), ("mixc_e8_r2_instr", 1)]
+    assert run_table(out, data, plan, budget, tasks, say=lambda _: None) == []
+    usage = routing_usage(out / "runs" / "mixc_e8_r2_instr_s0", data, per_task=2)
+    assert sorted(usage["tasks"]) == sorted(tasks)
+    for shares in usage["usage"].values():  # every instance picks r = 2 of the E = 8 factors in every layer
+        # shares are rounded to 4 decimals: 8 roundings of at most 5e-5 each
+        assert len(shares) == 8 and sum(shares) == pytest.approx(2.0, abs=8 * 5e-5)
+    report = R.write_report(out, tasks, "cmd", usage)
+    by = {r["row"]: r for r in report["rows"]}
+    assert set(by) == set(DEMO_ROWS)
+    assert by["lora_r2"]["seeds"] == [0, 1] and by["spec_lora_r2"]["seeds"] == [0]
+    assert by["mixc_e8_r2_instr"]["E"] == 8 and by["mixc_e8_r2_instr"]["routing"] == "instruction"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"][0]["seen"]["mean"] == report["rows"][0]["seen"]["mean"]
+    assert (out / "plots" / "results_families.png").is_file() and (out / "plots" / "results_routing_usage.png").is_file()
+    spec = json.loads((out / "runs" / "spec_lora_r2_s0" / "colour_flip" / RECORD).read_text())
+    assert "trainer.schedule_steps=1" in spec["overrides"] and "data.tasks=['testbed+colour_flip']" in spec["overrides"]
+    config = (out / "runs" / "lora_r2_s0" / "config.yaml").read_text()
+    assert "image_pool: 2" in config and "feature_cache:" in config
+    records = sorted((out / "runs").rglob(RECORD))
+    stamps = [p.stat().st_mtime_ns for p in records]
+    assert run_table(out, data, plan, budget, tasks, say=lambda _: None) == []  # resumed: nothing retrained
+    assert [p.stat().st_mtime_ns for p in records] == stamps
