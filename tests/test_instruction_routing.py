@@ -10,6 +10,7 @@ float64 from a mean written with plain indexing.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -194,3 +195,31 @@ def test_generation_is_batch_invariant_under_instruction_routing(bpe_tokenizer):
     together = generate(samples)
     for b in range(2):
         assert together[b].tolist() == generate([samples[b]])[0].tolist()
+
+
+def test_tokenised_rows_are_cached_across_runs_and_keyed_by_the_tokenizer(tmp_path, bpe_tokenizer):
+    """A second dataset over the same file with an equal tokenizer (saved and reloaded, then used) reuses the
+    tokenised cache file; a different tokenizer does not (its rows differ)."""
+    from mixlora.data.tokenizer import load_tokenizer
+
+    records = [_record(n, q, "red") for n, q in enumerate(["What colour is the object?", "Is it large?"] * 5)]
+    path = _write_records(tmp_path, records)
+
+    def build(tokenizer):
+        return ConversationDataset(str(path), tokenizer, ImageProcessor(image_size=64), N,
+                                   image_folder=str(tmp_path / "images"), template="vicuna_v1", max_length=512,
+                                   cache_dir=str(tmp_path / "hf"))
+
+    first = build(bpe_tokenizer)
+    files = {f["filename"] for f in first._rows.cache_files}
+    stamps = {f: os.stat(f).st_mtime_ns for f in files}
+    bpe_tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = load_tokenizer(str(tmp_path / "tok"))
+    reloaded("warm up its padding state", padding=True)
+    second = build(reloaded)
+    assert {f["filename"] for f in second._rows.cache_files} == files
+    assert {f: os.stat(f).st_mtime_ns for f in files} == stamps
+    assert torch.equal(first[3]["input_ids"], second[3]["input_ids"])
+    other = build_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300)
+    third = build(other)
+    assert {f["filename"] for f in third._rows.cache_files} != files

@@ -194,6 +194,34 @@ def _encode_batch(batch, indices, *, source, template, tokenizer, num_image_toke
     return out
 
 
+def _encoding_fingerprint(raw, tokenizer, template, *settings) -> str:
+    """The cache key of the tokenised rows: the parsed file's own fingerprint, the tokenizer's full serialisation
+    (vocabulary, merges, special tokens), every encoding setting, and the source of the code that encodes.
+
+    ``datasets`` would hash the map function with the tokenizer inside it, but a fast tokenizer's hash changes
+    once it has been called (its padding/truncation state), so every run re-tokenised; this key is stable, and
+    any change to what determines the rows changes it."""
+    import hashlib
+    import inspect
+
+    from mixlora.data import templates
+
+    h = hashlib.sha256()
+    h.update(str(raw._fingerprint).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # Padding and truncation are per-call state (reset by every call without them, as ours are): not the key.
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(repr((type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id, template,
+                   settings)).encode())
+    h.update(inspect.getsource(templates).encode())
+    h.update(inspect.getsource(_encode_batch).encode() + inspect.getsource(_apply_length_policy).encode())
+    return h.hexdigest()[:32]
+
+
 def _apply_length_policy(ids, labels, num_image_tokens, max_length, overlong, where):
     """Length counts every image position (one image id -> N). Returns the row fields to update."""
     # Every sample holds exactly one image id (text-only ones too), always in the prompt, i.e. before the first
@@ -301,8 +329,11 @@ class ConversationDataset(Dataset):
             num_image_tokens=num_image_tokens, max_length=max_length, overlong=overlong,
             default_task_name=default_task_name, instruction_spans=instruction_spans)
         self.instruction_spans = instruction_spans
+        fingerprint = _encoding_fingerprint(raw, tokenizer, template, self.annotations, num_image_tokens,
+                                            max_length, overlong, default_task_name, instruction_spans)
         rows = raw.map(encode, batched=True, with_indices=True, remove_columns=raw.column_names,
-                       num_proc=num_proc, desc=f"Tokenising {Path(self.annotations).name}")
+                       num_proc=num_proc, desc=f"Tokenising {Path(self.annotations).name}",
+                       new_fingerprint=fingerprint)
         status = list(rows["status"])
         messages = rows["message"]
         problems = [messages[i] for i, s in enumerate(status) if s not in (_OK, _TRUNCATED)]
