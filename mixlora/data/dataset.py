@@ -335,14 +335,14 @@ class ConversationDataset(Dataset):
                        num_proc=num_proc, desc=f"Tokenising {Path(self.annotations).name}",
                        new_fingerprint=fingerprint)
         status = list(rows["status"])
-        messages = rows["message"]
+        messages = list(rows["message"])  # one column read: element access on a datasets Column is slow
         problems = [messages[i] for i, s in enumerate(status) if s not in (_OK, _TRUNCATED)]
         # Truncated samples are kept, so they are not "problems", but the warning about them shows one of them.
         self._first_truncated = next((messages[i] for i, s in enumerate(status) if s == _TRUNCATED), None)
         self._raise_if(on_error == "raise", [messages[i] for i, s in enumerate(status) if s == MALFORMED])
         self._raise_if(overlong == "error", [messages[i] for i, s in enumerate(status) if s == OVERLONG])
 
-        images = rows["image"]
+        images = list(rows["image"])
         if check_images:
             missing = []
             for i in tqdm([i for i, s in enumerate(status) if s in (_OK, _TRUNCATED) and images[i] is not None],
