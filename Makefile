@@ -49,7 +49,7 @@ data: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py
 
-# The CPU mini-reproduction: synthetic suite -> stage-1 base -> LoRA vs MixLoRA -> zero-shot eval -> table.
+# The CPU interference testbed, reduced (docs/testbed.md): data -> stage-1 base -> full FT, specialists, LoRA vs MixLoRA -> table.
 demo: $(STAMP)
 	bash scripts/demo.sh runs/demo
 
