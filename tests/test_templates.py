@@ -189,3 +189,14 @@ def test_sentencepiece_style_tokenizer_segments_match_whole_string():
     assert ids == [tok.bos_token_id] + tok(segments_to_text(segments), add_special_tokens=False)["input_ids"]
     supervised = [tok.convert_ids_to_tokens(i) for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
     assert supervised == ["▁A", "▁cat.", "</s>", "▁Yes", "</s>"]
+
+
+def test_vicuna_without_system_prompt_is_vicuna_minus_its_prefix():
+    turns = [("human", INSTRUCTION), ("gpt", ANSWER)]
+    text = segments_to_text(render_conversation(get_template("vicuna_v1_nosys"), turns))
+    assert text == ("USER: <image>\nIdentify the appliance.\nOptions: (a) oven (b) microwave ASSISTANT: "
+                    "(b) microwave</s>")
+    full = segments_to_text(render_conversation(get_template("vicuna_v1"), turns))
+    assert full == VICUNA_SYSTEM + " " + text
+    prompt = segments_to_text(render_prompt(get_template("vicuna_v1_nosys"), "Is it red?", with_image=True))
+    assert prompt == "USER: <image>\nIs it red? ASSISTANT:"
