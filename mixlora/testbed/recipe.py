@@ -106,7 +106,7 @@ def stage2_overrides(row: Row, seed: int, out: Path, data: Path, budget: Budget,
                  f"trainer.global_batch_size={budget.batch_size}", f"trainer.optimizer.lr={lr}", f"seed={seed}",
                  *row.overrides]
     if row.kind != "full":
-        # Adapter dropout off in every adapter row: on CPU its random mask over each layer's input cost ~40 % of
+        # Adapter dropout off in every adapter row: on CPU its random mask over each layer's input cost ~30 % of
         # a step here, and seeds still vary initialisation and data order.
         overrides.append("adapter.dropout=0.0")
     if task is not None:
