@@ -146,6 +146,19 @@ def encode_question(question: str, tokenizer, template: str, num_image_tokens: i
     return ids, shift_span(span, raw, image_id, num_image_tokens)
 
 
+def prompt_sample(example: Example, tokenizer, processor, template: str, num_image_tokens: int,
+                  instruction: bool = False, task_name: str = "task") -> dict:
+    """One generation-collator sample: ``input_ids`` of the prompt, ``pixel_values``, and with ``instruction``
+    the ``instruction_span`` that ``routing_tokens="instruction"`` routes on."""
+    sample = {"pixel_values": load_pixels(processor, example, task_name)}
+    if instruction:
+        sample["input_ids"], sample["instruction_span"] = encode_question(
+            example.question, tokenizer, template, num_image_tokens, instruction=True)
+    else:
+        sample["input_ids"] = encode_question(example.question, tokenizer, template, num_image_tokens)
+    return sample
+
+
 def load_pixels(processor, example: Example, task_name: str = "task") -> torch.Tensor:
     """``[3, S, S]`` for an example whose image is a file path, a PIL image, or None (text-only: a blank image)."""
     from PIL import Image
@@ -262,12 +275,7 @@ def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max
         chunk = list(examples[start : start + batch_size])
         samples = []
         for ex in chunk:
-            sample = {"pixel_values": load_pixels(processor, ex, task_name)}
-            if instruction:
-                sample["input_ids"], sample["instruction_span"] = encode_question(
-                    ex.question, tokenizer, decoding.template, n_image, instruction=True)
-            else:
-                sample["input_ids"] = encode_question(ex.question, tokenizer, decoding.template, n_image)
+            sample = prompt_sample(ex, tokenizer, processor, decoding.template, n_image, instruction, task_name)
             if encoder is not None:
                 key = find_definition(task_name, ex, definitions)
                 if key is None:

@@ -195,51 +195,47 @@ def segments_to_text(segments) -> str:
     return "".join(s.text for s in segments)
 
 
-def _instruction_tokens(tokenizer, text: str, span: tuple[int, int], continuation: bool, anchor: list[int],
-                        ids: list[int]) -> list[bool]:
-    """Which of ``ids`` (the encoding of ``text`` by :func:`_encode_text`) overlap the character ``span``.
-
-    A token counts when its character range shares at least one character with the span; the offsets come from a
-    fast tokenizer's ``offset_mapping`` of the very string that was encoded (``"\\n" + text`` for a continuation).
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"routing on the instruction needs a fast tokenizer (offset mappings); "
-                         f"{type(tokenizer).__name__} is not one. Load it with use_fast=True.")
-    start, end = span
-    if start >= end or not ids:
-        return [False] * len(ids)
-    shift, drop = 0, 0
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if continuation:
-        joined = tokenizer("\n" + text, add_special_tokens=False, return_offsets_mapping=True)
-        if anchor and joined["input_ids"][: len(anchor)] == anchor:
-            enc, shift, drop = joined, 1, len(anchor)
-    offsets = enc["offset_mapping"][drop:]
-    if enc["input_ids"][drop:] != ids:
-        raise RuntimeError(f"offset encoding of {text!r} differs from its token ids; cannot place the instruction")
-    return [s < end + shift and e > start + shift and e > s for s, e in offsets]
-
-
-def _encode_text(tokenizer, text: str, continuation: bool, anchor: list[int] | None = None) -> list[int]:
+def _encode_text(tokenizer, text: str, continuation: bool, anchor: list[int] | None = None,
+                 offsets: bool = False):
     """Token ids of ``text``; for a continuation, as if it followed other text (no SentencePiece dummy prefix).
 
     SentencePiece tokenizers (LLaMA/Vicuna) prepend "▁" to every separately tokenised string, so "USER" alone
     becomes "▁USER" where whole-text tokenisation gives "USER". We tokenise ``"\\n" + text`` and drop the ids of
     ``"\\n"`` when they form a prefix; otherwise (byte-level BPE, where nothing is prepended) plain tokenisation
     is already the continuation form.
+
+    ``offsets=True`` returns ``(ids, spans)``: each token's ``(start, end)`` character range in ``text``, from the
+    same tokenisation (a fast tokenizer's ``offset_mapping``); needs a fast tokenizer.
     """
     if IMAGE_TOKEN in text:
         raise ValueError(f"text segment {text!r} contains {IMAGE_TOKEN!r}; images must be separate segments")
+    if offsets and not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"routing on the instruction needs a fast tokenizer (offset mappings); "
+                         f"{type(tokenizer).__name__} is not one. Load it with use_fast=True.")
     if not text:
-        return []
+        return ([], []) if offsets else []
+
+    def tokens(string: str):
+        return tokenizer(string, add_special_tokens=False, return_offsets_mapping=offsets)
+
+    def pick(enc, drop: int = 0, shift: int = 0):
+        ids = enc["input_ids"][drop:]
+        return (ids, [(a - shift, b - shift) for a, b in enc["offset_mapping"][drop:]]) if offsets else ids
+
     if not continuation:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return pick(tokens(text))
     if anchor is None:
         anchor = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    ids = tokenizer("\n" + text, add_special_tokens=False)["input_ids"]
-    if anchor and ids[: len(anchor)] == anchor:
-        return ids[len(anchor) :]
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    joined = tokens("\n" + text)
+    if anchor and joined["input_ids"][: len(anchor)] == anchor:
+        return pick(joined, drop=len(anchor), shift=1)
+    return pick(tokens(text))
+
+
+def _overlapping(spans: list[tuple[int, int]], span: tuple[int, int]) -> list[bool]:
+    """Which token character ranges share at least one character with ``span`` (empty ranges never do)."""
+    start, end = span
+    return [a < end and b > start and b > a for a, b in spans]
 
 
 def image_token_id_of(tokenizer) -> int:
@@ -283,12 +279,13 @@ def encode_segments(segments, tokenizer, add_bos: bool = True, instruction: bool
                 raise ValueError("the tokenizer has no EOS token; the template needs one to end answers")
             ids = [tokenizer.eos_token_id]
         else:
-            ids = _encode_text(tokenizer, seg.text, continuation=started, anchor=anchor)
             if instruction and span is None and seg.instruction is not None:
-                inside = _instruction_tokens(tokenizer, seg.text, seg.instruction, started, anchor, ids)
-                marked = [t for t, flag in enumerate(inside) if flag]
+                ids, spans = _encode_text(tokenizer, seg.text, continuation=started, anchor=anchor, offsets=True)
+                marked = [t for t, flag in enumerate(_overlapping(spans, seg.instruction)) if flag]
                 if marked:
                     span = (len(input_ids) + marked[0], len(input_ids) + marked[-1] + 1)
+            else:
+                ids = _encode_text(tokenizer, seg.text, continuation=started, anchor=anchor)
         input_ids.extend(ids)
         labels.extend(ids if seg.supervised else [IGNORE_INDEX] * len(ids))
         started = started or bool(ids)

@@ -12,7 +12,7 @@ rank, 2, is ``lora_r2``: equal rank). The report states both comparisons.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class Row:
     routing: str | None = None
     variant: str | None = None
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _lora(name, r, kind="joint", seeds=3, note=""):

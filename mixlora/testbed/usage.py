@@ -18,8 +18,8 @@ import torch
 def routing_usage(run_dir: Path, data: Path, per_task: int = 50, batch_size: int = 100) -> dict:
     from mixlora.build import load_run
     from mixlora.data.collator import GenerationCollator
-    from mixlora.evaluate import encode_question, load_pixels
-    from mixlora.routing_state import last_selections
+    from mixlora.evaluate import prompt_sample
+    from mixlora.routing_state import last_selections, mixlora_layers
 
     from .recipe import TEMPLATE, test_tasks
 
@@ -28,30 +28,23 @@ def routing_usage(run_dir: Path, data: Path, per_task: int = 50, batch_size: int
     examples = test_tasks(data)["seen"].examples(per_task, "task")
     instruction = model.routes_on_instruction()
     collate = GenerationCollator(tokenizer.pad_token_id)
+    layers = mixlora_layers(model.llm)
+    if not layers:
+        raise ValueError(f"{run_dir} has no MixLoRA layers; routing usage needs a MixLoRA run")
+    factors = layers[0][1].num_factors
     counts: dict[str, torch.Tensor] = {}
     totals: dict[str, int] = {}
-    factors = None
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        samples = []
-        for ex in chunk:
-            sample = {"pixel_values": load_pixels(stack.image_processor, ex, "seen")}
-            if instruction:
-                sample["input_ids"], sample["instruction_span"] = encode_question(
-                    ex.question, tokenizer, TEMPLATE, model.num_image_tokens, instruction=True)
-            else:
-                sample["input_ids"] = encode_question(ex.question, tokenizer, TEMPLATE, model.num_image_tokens)
-            samples.append(sample)
+        samples = [prompt_sample(ex, tokenizer, stack.image_processor, TEMPLATE, model.num_image_tokens,
+                                 instruction, "seen") for ex in chunk]
         batch = collate(samples)
         with model.routing(batch["routing_mask"], sequence_mask=batch["attention_mask"].bool(),
                            instruction_mask=batch.get("instruction_mask")):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   pixel_values=batch["pixel_values"])
         selections = last_selections(model.llm)
-        if not selections:
-            raise ValueError(f"{run_dir} has no MixLoRA layers; routing usage needs a MixLoRA run")
         for idx_a, _ in selections.values():
-            factors = factors or max(m.num_factors for m in model.llm.modules() if hasattr(m, "num_factors"))
             chosen = torch.zeros(idx_a.shape[0], factors).scatter_(1, idx_a.cpu(), 1.0)  # [B, E] 0/1
             for b, ex in enumerate(chunk):
                 counts[ex.group] = counts.get(ex.group, torch.zeros(factors)) + chosen[b] / len(selections)
