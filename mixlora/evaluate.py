@@ -244,6 +244,20 @@ def resolve_task_definitions(path: Optional[str], run: Optional[str]) -> Optiona
         raise TaskError(f"task_definitions: {err}") from err
 
 
+def attach_definition(sample: dict, example: Example, task_name: str, definitions: Mapping[str, str],
+                      encoder: Callable[[str], list[int]]) -> dict:
+    """Give a collator ``sample`` its task-definition row (task routing) and return it: ``definition_key`` = the
+    first of ``definition_keys(task_name, example)`` in ``definitions``, ``definition_ids`` = ``encoder(key)`` (a
+    ``mixlora.data.definitions.DefinitionEncoder``: the definition as a prompt, no image). The collators append
+    one row per distinct key. TaskError naming the keys tried when none is there."""
+    key = find_definition(task_name, example, definitions)
+    if key is None:
+        raise TaskError(f"{task_name}: example {example.uid!r} has no task definition under "
+                        f"{' or '.join(map(repr, definition_keys(task_name, example)))}")
+    sample.update(definition_key=key, definition_ids=encoder(key))
+    return sample
+
+
 def _batch_seed(seed: int, task: str, uid: str) -> int:
     return zlib.crc32(f"{seed}/{task}/{uid}".encode("utf-8"))
 
@@ -277,11 +291,7 @@ def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max
         for ex in chunk:
             sample = prompt_sample(ex, tokenizer, processor, decoding.template, n_image, instruction, task_name)
             if encoder is not None:
-                key = find_definition(task_name, ex, definitions)
-                if key is None:
-                    raise TaskError(f"{task_name}: example {ex.uid!r} has no task definition under "
-                                    f"{' or '.join(map(repr, definition_keys(task_name, ex)))}")
-                sample.update(definition_key=key, definition_ids=encoder(key))
+                attach_definition(sample, ex, task_name, definitions, encoder)
             samples.append(sample)
         batch = collate(samples)
         torch.manual_seed(_batch_seed(decoding.seed, task_name, chunk[0].uid))

@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Routing analysis of MixLoRA (paper §5.6): factor usage per task and layer, and the t-SNE of selections with
-Jaccard distance, held-out sets next to their nearest training tasks.
+"""Routing analysis of MixLoRA (docs/method.md#routing-analysis): factor usage per task and layer, and the t-SNE
+of selections with Jaccard distance, held-out sets next to their nearest training tasks.
 
     python scripts/routing_analysis.py --run runs/mixlora_e8_r4 --out results/routing/mixlora_e8_r4
     python scripts/routing_analysis.py --model tiny --adapter mixlora --num-factors 8 --rank 4 --n 16 --out /tmp/routing
+    python scripts/routing_analysis.py --model tiny --routing-source task --out /tmp/routing_task   # task routing
 
 Instances: n prompts per training task (from --data) and per held-out set (from the synthetic suite beside it,
 its manifest.json naming each set's closest training tasks), all rendered with the evaluation template and routed
 on their prompt. Writes OUT/usage.json, OUT/usage_layer{L}.png, OUT/usage_entropy.png, OUT/tsne_layer{L}.png and
 .json, OUT/nearest.json and OUT/nearest.txt (also printed). Definitions: docs/analysis.md.
+
+Task routing (a run trained with adapter.routing_source=task, or a fresh --model with --routing-source task): every
+prompt routes on its task's definition, read from --task-definitions (default: the run's data.task_definitions, as
+eval.py; for a fresh model the suite's task_definitions.json). A task without a definition is an error (exit 2).
 """
 
 from __future__ import annotations
@@ -53,11 +58,39 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="nearest training task by distance to its mean selection set (centroid) or by mean pairwise "
                         "distance (average)")
     a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--routing-source", choices=["instance", "task"], default="instance",
+                   help="what a fresh --model's MixLoRA routes on: each instance, or its task's definition")
+    a.add_argument("--task-definitions", default=None,
+                   help="task_definitions.json for a task-routed model (default: the run's data.task_definitions; "
+                        "a fresh model: the suite's task_definitions.json)")
     a.add_argument("--perplexity", type=float, default=None, help="t-SNE perplexity (default min(30, (N-1)/3))")
     a.add_argument("--no-tsne", action="store_true", help="skip the t-SNE (no scikit-learn needed)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
+
+
+def resolve_definitions(args: argparse.Namespace, suite: Path):
+    """The task definitions the model routes on, or None for instance routing: for --run, eval.py's own rule
+    (``mixlora.evaluate.resolve_task_definitions``); for a fresh --model, --task-definitions or the suite's file.
+    A file given for a model that does not route on definitions is an error."""
+    from mixlora.data.definitions import DEFINITIONS_FILE, load_definitions
+    from mixlora.evaluate import resolve_task_definitions
+
+    if args.run:
+        if args.routing_source != "instance":
+            raise ValueError("--routing-source is for a fresh --model; a run routes as it was trained")
+        return resolve_task_definitions(args.task_definitions, args.run)
+    if args.routing_source != "task":
+        if args.task_definitions is not None:
+            raise ValueError("--task-definitions is set, but the fresh model routes on each instance; add "
+                             "--routing-source task or drop --task-definitions")
+        return None
+    path = Path(args.task_definitions) if args.task_definitions else suite / DEFINITIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"task definitions {path} do not exist: pass --task-definitions PATH (a JSON object "
+                                "key -> definition text; data/make_synthetic.py writes the suite's)")
+    return load_definitions(path)
 
 
 def main(argv=None) -> dict:
@@ -84,11 +117,13 @@ def main(argv=None) -> dict:
     prompts = {t: training_prompts(records, picked[t], folder, source=str(data)) for t in tasks}
     prompts.update(heldout_rows)
 
+    definitions = resolve_definitions(args, suite)  # before the (slow) model load
     stack = stack_from_args(args, [data])
     layers = resolve_layers(args.layers, adapted_layers(stack.model.llm))
     report = analyse_routing(stack, prompts, heldout, closest, layers, parts=args.parts, linkage=args.linkage,
                              template=args.template, batch_size=args.batch_size, seed=args.seed,
-                             perplexity=args.perplexity, tsne=not args.no_tsne, progress=not args.no_progress)
+                             perplexity=args.perplexity, tsne=not args.no_tsne, progress=not args.no_progress,
+                             definitions=definitions)
     config = getattr(stack.model.llm, "mixlora_adapter_config", None)
     report.info.update({"data": str(data), "suite": str(suite), "n": args.n, "run": args.run, "model": args.model,
                         "adapter": config.to_dict() if config is not None else None, "samples": picked,

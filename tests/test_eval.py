@@ -1,12 +1,13 @@
 """eval.py, the generation loop (mixlora.evaluate), the task modules (mixlora.tasks) and the lmms-eval plugin.
 
 References are independent of the code under test: hand-written records with hand-computed scores (official
-rules of benchmarks.md §2-4), prompts written out as literal template strings, the official scorers' CLI run on
+rules of docs/benchmarks.md), prompts written out as literal template strings, the official scorers' CLI run on
 the written files, and a plain greedy ``model.generate`` call on hand-built ids.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -490,7 +491,7 @@ def test_eval_config_errors_and_synthetic_generation(tmp_path):
 
 
 class Request:
-    """lmms-eval's Instance as the model sees it: ``args`` only (benchmarks.md §5)."""
+    """lmms-eval's Instance as the model sees it: ``args`` only (docs/benchmarks.md#lmms-eval)."""
 
     def __init__(self, *args):
         self.args = args
@@ -551,6 +552,111 @@ def test_lmms_plugin_generate_until_and_loglikelihood(stack, suite, tmp_path):
                                                        False)
     assert cut_at_stop(" Yes.\n\nUSER: more", ["\n\n", "USER:"]) == "Yes."
     assert cut_at_stop("No", []) == "No"
+
+
+def _forced_lora(model, chosen: dict):
+    """A copy of ``model`` whose every MixLoRA layer is a plain LoRALinear holding the pool rows ``chosen``
+    ({module: (idx_a [1, r], idx_b [1, r])}) names: what an instance routed on that selection must compute."""
+    from mixlora.layers import LoRALinear
+
+    model = copy.deepcopy(model)
+    for name, (idx_a, idx_b) in chosen.items():
+        mix = model.llm.get_submodule(name)
+        lora = LoRALinear(mix.base, mix.rank, mix.alpha)
+        with torch.no_grad():
+            lora.lora_a.copy_(mix.lora_a[idx_a[0]])
+            lora.lora_b.copy_(mix.lora_b[idx_b[0]])
+        parent, leaf = name.rsplit(".", 1)
+        setattr(model.llm.get_submodule(parent), leaf, lora)
+    assert not any(isinstance(m, MixLoRALinear) for m in model.modules())
+    return model.eval()
+
+
+def test_lmms_plugin_routes_each_task_on_its_definition(suite, tmp_path):
+    """A task-routed run through the plugin: each request routes on the definition of its lmms-eval task, i.e.
+    answers as a plain LoRA holding the factors that definition's prompt selects by itself (an instance-routed
+    copy of the same weights, run on the literal definition string)."""
+    from mixlora import last_selections
+    from mixlora.lmms_plugin.models.mixlora import MixLoRA
+
+    cfg = OmegaConf.load(ROOT / "configs/model/tiny.yaml")
+    tok = build_tokenizer_from_config(cfg.tokenizer, [suite / "train.json"])
+    stack = build_stack(cfg, tok)
+    inject_adapters(stack.model.llm, AdapterConfig(num_factors=4, rank=2, routing_source="task"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in stack.model.llm.modules():
+            if isinstance(m, MixLoRALinear):
+                m.lora_b.normal_(std=0.5)  # every factor choice changes the answers
+    definitions = {"toy_a": "Name the colour of the shape in the image.",
+                   "toy_b": "Count the objects in the picture and answer with a number."}
+    path = tmp_path / "task_definitions.json"
+    path.write_text(json.dumps(definitions))
+    run = save_run(tmp_path / "run", stack, OmegaConf.create({"model": cfg, "data": {"task_definitions": str(path)}}))
+    lm = MixLoRA(run=str(run), batch_size=2)  # the definitions come from the run's config, as in eval.py
+    model = lm.stack.model
+    docs = [{"image": Image.open(suite / "eval/mme/color" / name)} for name in ("synth_0000.png", "synth_0001.png")]
+    lm.task_dict = {"toy_a": {"test": docs}, "toy_b": {"test": docs}}
+    visual = lambda doc: [doc["image"]]  # noqa: E731
+
+    instance = copy.deepcopy(model)
+    for m in instance.modules():
+        if isinstance(m, MixLoRALinear):
+            m.routing_source = "instance"
+    forced = {}
+    for task, text in definitions.items():
+        row = torch.tensor([[tok.bos_token_id] + tok(f"{VICUNA_SYSTEM} USER: {text} ASSISTANT:",
+                                                     add_special_tokens=False)["input_ids"]])
+        with torch.no_grad(), instance.routing(torch.ones_like(row).bool()):
+            instance(input_ids=row, attention_mask=torch.ones_like(row), pixel_values=None)
+        chosen = {k: (a.clone(), b.clone()) for k, (a, b) in last_selections(instance.llm).items()}
+        forced[task] = (chosen, _forced_lora(model, chosen))
+    assert any(not torch.equal(forced["toy_a"][0][k][0], forced["toy_b"][0][k][0]) for k in forced["toy_a"][0])
+
+    image_id = tok.convert_tokens_to_ids("<image>")
+
+    def prompt_ids(question: str) -> list[int]:
+        ids = [tok.bos_token_id] + tok(f"{VICUNA_SYSTEM} USER: <image>\n{question} ASSISTANT:",
+                                       add_special_tokens=False)["input_ids"]
+        k = ids.index(image_id)
+        return ids[:k] + [image_id] * model.num_image_tokens + ids[k + 1:]
+
+    greedy = {"max_new_tokens": 4, "temperature": 0}
+    asked = [("Is it red?", 0, "toy_a"), ("How many?", 1, "toy_b"), ("Is it green?", 1, "toy_a")]
+    out = lm.generate_until([Request(q, greedy, visual, d, t, "test") for q, d, t in asked])
+    for (question, doc, task), said in zip(asked, out):
+        ids = torch.tensor([prompt_ids(question)])
+        pixels = lm.stack.image_processor(docs[doc]["image"]).unsqueeze(0)
+        new = forced[task][1].generate(ids, torch.ones_like(ids), pixels, max_new_tokens=4, do_sample=False,
+                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        assert said == tok.decode(new[0], skip_special_tokens=True).strip(), (question, task)
+
+    # loglikelihood: the request row is left-padded when the definition row is longer; same numbers either way.
+    scored = lm.loglikelihood([Request("Is it red?", " yes", visual, 0, "toy_a", "test"),
+                               Request("Is it red?", " yes", visual, 0, "toy_b", "test")])
+    cont = tok(" yes", add_special_tokens=False)["input_ids"]
+    full = prompt_ids("Is it red?")
+    seq = torch.tensor([full + cont])
+    for (logp, _), task in zip(scored, ("toy_a", "toy_b")):
+        with torch.no_grad():
+            logits = forced[task][1](input_ids=seq, attention_mask=torch.ones_like(seq),
+                                     pixel_values=lm.stack.image_processor(docs[0]["image"]).unsqueeze(0)).logits[0]
+        expected = sum(torch.log_softmax(logits[len(full) - 1 + j], -1)[t].item() for j, t in enumerate(cont))
+        assert logp == pytest.approx(expected, abs=1e-4), task
+    assert scored[0][0] != pytest.approx(scored[1][0], abs=1e-4)  # the two definitions really route differently
+
+    with pytest.raises(TaskError, match=r"no definition for lmms-eval task\(s\) \['toy_c'\].*task_definitions=PATH"):
+        lm.generate_until([Request("Q", greedy, visual, 0, "toy_a", "test"),
+                           Request("Q", greedy, visual, 0, "toy_c", "test")])
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"toy_a": definitions["toy_a"]}))
+    other = MixLoRA(run=str(run), task_definitions=str(partial))  # the model arg overrides the run's file
+    other.task_dict = lm.task_dict
+    with pytest.raises(TaskError, match=rf"{partial} has no definition for lmms-eval task\(s\) \['toy_b'\]"):
+        other.loglikelihood([Request("Q", " yes", visual, 0, "toy_b", "test")])
+    with pytest.raises(TaskError, match="does not route on task definitions"):
+        MixLoRA(model_config=str(ROOT / "configs/model/tiny.yaml"), tokenizer_corpus=str(suite / "train.json"),
+                task_definitions=str(path))
 
 
 def test_lmms_eval_registry_finds_the_plugin():

@@ -1,4 +1,5 @@
-"""Analyses of trained (or fresh) adapters: task interference (paper §1) and routing (paper §5.6).
+"""Analyses of trained (or fresh) adapters: task interference (docs/method.md#task-interference) and routing
+(docs/method.md#routing-analysis).
 
 Submodules:
     ``mixlora.analysis.interference``  gradient-based task-interference matrices for LoRA A / B
@@ -203,8 +204,9 @@ def heldout_names(manifest: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- model under analysis
 def adapter_config(kind: str, rank: int, num_factors: Optional[int] = None, alpha: Optional[float] = None,
-                   variant: str = "corrected"):
-    """An ``AdapterConfig`` for a fresh model: LoRA(r), or MixLoRA(E, r) in the corrected or released variant.
+                   variant: str = "corrected", routing_source: str = "instance"):
+    """An ``AdapterConfig`` for a fresh model: LoRA(r), or MixLoRA(E, r) in the corrected or released variant,
+    routing on each instance or (``routing_source="task"``) on its task's definition.
 
     ``alpha`` defaults to 2r for LoRA and corrected MixLoRA (multiplier 2) and to 2E for released MixLoRA.
     """
@@ -214,15 +216,17 @@ def adapter_config(kind: str, rank: int, num_factors: Optional[int] = None, alph
     check_choice("adapter", kind, ADAPTER_KINDS)
     check_choice("variant", variant, MIXLORA_VARIANTS)
     if kind == "lora":
+        if routing_source != "instance":
+            raise ValueError(f"routing_source={routing_source!r} needs a MixLoRA adapter (LoRA does not route)")
         return AdapterConfig(kind="lora", rank=rank, alpha=alpha if alpha is not None else 2.0 * rank,
                              num_factors=None)
     if num_factors is None:
         raise ValueError("MixLoRA needs num_factors (E), e.g. --num-factors 8")
     if variant == "released":
         extra = {} if alpha is None else {"alpha": alpha}
-        return AdapterConfig.released(num_factors, rank, **extra)
+        return AdapterConfig.released(num_factors, rank, routing_source=routing_source, **extra)
     return AdapterConfig(kind="mixlora", rank=rank, num_factors=num_factors,
-                         alpha=alpha if alpha is not None else 2.0 * rank)
+                         alpha=alpha if alpha is not None else 2.0 * rank, routing_source=routing_source)
 
 
 def model_config_path(model: str) -> Path:
@@ -344,7 +348,7 @@ def stack_from_args(args, corpus_files: Sequence[str | Path]):
         stack, _ = load_run(args.run, device=args.device)
         return stack
     config = adapter_config(args.adapter, args.rank, args.num_factors if args.adapter == "mixlora" else None,
-                            args.alpha, args.variant)
+                            args.alpha, args.variant, getattr(args, "routing_source", "instance"))
     return fresh_stack(args.model, config, corpus_files, device=args.device)
 
 

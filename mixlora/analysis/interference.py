@@ -1,4 +1,5 @@
-"""Gradient-based task interference between training tasks (paper §1), for LoRA A and LoRA B.
+"""Gradient-based task interference between training tasks (docs/method.md#task-interference), for LoRA A and
+LoRA B.
 
 For tasks i, j and one parameter group θ (the A or the B factors of one module type at one decoder layer):
 

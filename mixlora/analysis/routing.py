@@ -1,4 +1,5 @@
-"""Routing analysis of MixLoRA (paper §5.6): factor usage per task and layer, and the t-SNE of selections.
+"""Routing analysis of MixLoRA (docs/method.md#routing-analysis): factor usage per task and layer, and the t-SNE
+of selections.
 
 Per instance, every MixLoRA module picks r of its E A-factors and r of its E B-factors (``idx_a``, ``idx_b``
 [r], read with ``mixlora.last_selections(model.llm)`` after a forward on the prompt). From these:
@@ -16,6 +17,14 @@ Per instance, every MixLoRA module picks r of its E A-factors and r of its E B-f
 * **Nearest training task** of a held-out task h: the training task t with the smallest mean distance
   mean_{x ∈ h} d(S_x, C_t), where C_t is t's *mean selection set*, the elements selected by at least half of
   t's instances (``linkage="centroid"``); ``linkage="average"`` uses mean_{x ∈ h, y ∈ t} d(S_x, S_y) instead.
+
+Selections are those of generation's prefill: each prompt routes on its own real tokens (``routing_tokens="all"``
+never averages the left padding of a batch), so a prompt selects the same factors alone and in any batch. A model
+with task routing (``routing_source="task"``) routes each prompt on its task's definition, found under the keys
+of ``mixlora.tasks.common.definition_keys``: ``"<name>"`` for a training task or a held-out set such as
+``cifar10``, ``"mme/count"`` then ``"mme"`` then ``"count"`` for ``mme/count`` (as eval.py looks up MME's
+subtask); every instance of a task then selects the same factors. Plots and output files:
+``mixlora.analysis.routing_plots`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -26,14 +35,14 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mixlora.analysis import short_task
+from mixlora.analysis.routing_plots import plot_tsne, plot_usage, write_routing_outputs  # noqa: F401 (public here)
 from mixlora.options import check_choice
 
 logger = logging.getLogger(__name__)
@@ -66,13 +75,23 @@ class Selections:
 
 def collect_selections(model: nn.Module, batches: Iterable[dict], total: Optional[int] = None,
                        progress: bool = True) -> Selections:
-    """Forward each prompt batch (``GenerationCollator``: input_ids, attention_mask, routing_mask, pixel_values,
-    task_name) without gradients and record every MixLoRA module's selection for each instance."""
+    """Forward each prompt batch without gradients and record every MixLoRA module's selection for its B
+    instance rows.
+
+    A batch is a ``GenerationCollator`` batch: input_ids, attention_mask [B_total, L] (left-padded),
+    routing_mask, pixel_values [B, ...], task_name [B]; ``instruction_mask`` when the samples carry instruction
+    spans; under task routing ``source_rows`` [B_total], the K = B_total - B definition rows after the instances.
+    The forward runs inside ``model.routing(routing_mask, source_rows, sequence_mask=attention_mask,
+    instruction_mask)``, as ``generate``'s prefill does: ``routing_tokens="all"`` then averages each row's real
+    tokens, h̄_b = Σ_t m_bt x_bt / Σ_t m_bt with m = attention_mask, never the padding a longer batch-mate adds, so
+    a prompt's selection is the same alone and in any batch (up to float32 rounding of near-ties)."""
+    from mixlora.model.llava import instance_rows
     from mixlora.routing_state import last_selections, mixlora_layers
 
     layers = mixlora_layers(model.llm)
     if not layers:
         raise ValueError("routing analysis needs MixLoRA adapters; this model holds none (LoRA has no routing)")
+    task_routed = any(m.routing_source == "task" for _, m in layers)
     device = next(model.parameters()).device
     tasks: list[str] = []
     a_rows: dict[str, list[torch.Tensor]] = {}
@@ -83,18 +102,29 @@ def collect_selections(model: nn.Module, batches: Iterable[dict], total: Optiona
         for batch in tqdm(batches, total=total, desc="routing selections", disable=not progress):
             for _, m in layers:
                 m.last_selection = None  # a module that did not run must not report a stale batch
-            size = batch["input_ids"].shape[0]
-            with torch.no_grad():
+            rows = batch["input_ids"].shape[0]
+            source_rows = batch.get("source_rows")
+            if task_routed and source_rows is None:
+                raise ValueError("the model routes on task definitions (adapter routing_source=task), but the batch "
+                                 "has no definition rows: pass definitions={key: text} to analyse_routing "
+                                 "(scripts/routing_analysis.py --task-definitions PATH)")
+            size = rows if source_rows is None else instance_rows(source_rows)
+            instruction = batch.get("instruction_mask")
+            context = model.routing(batch["routing_mask"].to(device),
+                                    None if source_rows is None else source_rows.to(device),
+                                    sequence_mask=batch["attention_mask"].to(device).bool(),
+                                    instruction_mask=None if instruction is None else instruction.to(device))
+            with torch.no_grad(), context:  # the forward gets no routing arguments, so this context is in force
                 model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                      pixel_values=batch["pixel_values"].to(device), routing_mask=batch["routing_mask"].to(device))
+                      pixel_values=batch["pixel_values"].to(device))
             selected = last_selections(model.llm)
             if len(selected) != len(layers):
                 raise RuntimeError(f"only {len(selected)} of {len(layers)} MixLoRA modules ran in the forward")
             for name, (ia, ib) in selected.items():
-                if ia.shape[0] != size:
-                    raise RuntimeError(f"{name} selected for {ia.shape[0]} rows in a batch of {size}")
-                a_rows.setdefault(name, []).append(ia.cpu())
-                b_rows.setdefault(name, []).append(ib.cpu())
+                if ia.shape[0] != rows:
+                    raise RuntimeError(f"{name} selected for {ia.shape[0]} rows in a batch of {rows}")
+                a_rows.setdefault(name, []).append(ia[:size].cpu())  # instance rows; definition rows follow
+                b_rows.setdefault(name, []).append(ib[:size].cpu())
             tasks.extend(batch["task_name"])
     finally:
         model.train(was_training)
@@ -325,21 +355,58 @@ def training_prompts(records: Sequence[dict], positions: Sequence[int], image_fo
     return rows
 
 
+def definition_lookup(task: str):
+    """``(task name, Example)`` under which an analysed task's definition is looked up with
+    ``find_definition``: ``"mme/count"`` -> ("mme", group "count"), keys ``["mme/count", "mme", "count"]`` as
+    eval.py tries them for MME's count subtask; a name without "/" is its own single key."""
+    from mixlora.tasks.common import Example
+
+    head, _, tail = task.partition("/")
+    return head, Example(uid=task, question="", image=None, group=tail or head)
+
+
+def task_definition_keys(tasks: Iterable[str], definitions: Mapping[str, str]) -> dict[str, str]:
+    """{task: the key of its definition}; ValueError naming every task without one, the keys tried and the fix."""
+    from mixlora.tasks.common import definition_keys, find_definition
+
+    found, missing = {}, {}
+    for task in tasks:
+        name, example = definition_lookup(task)
+        key = find_definition(name, example, definitions)
+        if key is None:
+            missing[task] = " or ".join(repr(k) for k in definition_keys(name, example))
+        else:
+            found[task] = key
+    if missing:
+        listed = "; ".join(f"{task}: {keys}" for task, keys in missing.items())
+        raise ValueError(f"the model routes on task definitions (adapter routing_source=task), but the definitions "
+                         f"have none for {listed}. Add an entry per task to the task_definitions.json (JSON object "
+                         "key -> definition text; the synthetic suite writes all of its keys) and pass it with "
+                         "--task-definitions PATH")
+    return found
+
+
 def analyse_routing(stack, prompts: dict[str, list[dict]], heldout: Sequence[str],
                     closest: dict[str, Sequence[str]], layers: Sequence[int], parts: str = "ab",
                     linkage: str = "centroid", template: str = "llava_v1", batch_size: int = 8, seed: int = 0,
-                    perplexity: Optional[float] = None, tsne: bool = True, progress: bool = True) -> RoutingReport:
+                    perplexity: Optional[float] = None, tsne: bool = True, progress: bool = True,
+                    definitions: Optional[Mapping[str, str]] = None) -> RoutingReport:
     """Route every prompt, then compute usage, nearest training tasks and (optionally) the t-SNE per layer.
 
     Args:
         stack: a ``mixlora.build.Stack`` whose LLM holds MixLoRA adapters.
         prompts: {task: [{"unique_id", "prompt", "image_path"}]}, training tasks and held-out sets alike; every
-            prompt is rendered with ``template`` (the evaluation template by default) and routed on all its tokens.
+            prompt is rendered with ``template`` (the evaluation template by default) and routed on its own tokens
+            (its task's definition under task routing; see the module docstring).
         heldout: which keys of ``prompts`` are held-out sets (the others are training tasks).
         closest: {held-out: training tasks listed as closest} (the synthetic manifest's).
         layers: decoder layers to analyse; parts: ``"ab" | "a" | "b"``; linkage: ``"centroid" | "average"``.
+        definitions: {key: text}, required by (and only accepted for) a model with task routing: each prompt
+            gets its task's definition row (``mixlora.evaluate.attach_definition``, the rows eval.py builds),
+            rendered with ``template`` and no image; every task's key is checked before the first forward.
     """
     from mixlora.data.collator import GenerationCollator
+    from mixlora.evaluate import attach_definition, task_routed
 
     check_choice("parts", parts, SELECTION_PARTS)
     check_choice("linkage", linkage, LINKAGES)
@@ -354,19 +421,35 @@ def analyse_routing(stack, prompts: dict[str, list[dict]], heldout: Sequence[str
     train = [t for t in prompts if t not in heldout]
     if not train:
         raise ValueError("no training task to compare the held-out sets with")
-    from mixlora.routing_state import mixlora_layers
+    routed = task_routed(stack.model)
+    if routed and definitions is None:
+        raise ValueError("the model routes on task definitions (adapter routing_source=task): pass definitions="
+                         "{key: text} (scripts/routing_analysis.py: --task-definitions PATH, by default a run's "
+                         "data.task_definitions)")
+    if not routed and definitions is not None:
+        raise ValueError("task definitions were given, but the model does not route on them (no MixLoRA layer with "
+                         "routing_source=task); drop them")
+    keys, encoder = {}, None
+    if definitions is not None:
+        from mixlora.data.definitions import DefinitionEncoder
 
-    modes = {m.routing_tokens for _, m in mixlora_layers(stack.model.llm)}
-    if "all" in modes and batch_size > 1:
-        logger.warning("routing_tokens='all' averages padding too, so selections depend on batch-mates; "
-                       "use batch_size=1 for padding-free selections")
+        keys = task_definition_keys(prompts, definitions)
+        encoder = DefinitionEncoder(definitions, stack.tokenizer, template)
+
+    def sample(ds, k: int) -> dict:
+        item = ds[k]
+        if encoder is None:
+            return item
+        name, example = definition_lookup(ds.task_name)
+        return attach_definition(item, example, name, definitions, encoder)
+
     collate = GenerationCollator(stack.tokenizer.pad_token_id)
     with tempfile.TemporaryDirectory(prefix="mixlora-routing-") as tmp:
         datasets = [_prompt_dataset(rows, task, Path(tmp) / f"{k:04d}.jsonl", stack, template)
                     for k, (task, rows) in enumerate(prompts.items())]
         items = [(ds, k) for ds in datasets for k in range(len(ds))]
         chunks = [items[k:k + batch_size] for k in range(0, len(items), batch_size)]
-        batches = (collate([ds[k] for ds, k in chunk]) for chunk in chunks)
+        batches = (collate([sample(ds, k) for ds, k in chunk]) for chunk in chunks)
         selections = collect_selections(stack.model, batches, total=len(chunks), progress=progress)
     tasks = train + list(heldout)
     usage = usage_table(selections, tasks, layers)
@@ -380,10 +463,13 @@ def analyse_routing(stack, prompts: dict[str, list[dict]], heldout: Sequence[str
     if len(layers) > 1:
         x = selection_indicator(selections, layers, parts)
         nearest["all"] = nearest_training_tasks(x, selections.tasks, heldout, train, closest, linkage)
+    info: dict[str, Any] = {"template": template, "batch_size": batch_size, "seed": seed}
+    if definitions is not None:  # what each task routed on, for the record
+        info["task_definitions"] = {t: {"key": k, "text": definitions[k]} for t, k in keys.items()}
     return RoutingReport(selections=selections, train_tasks=train, heldout_tasks=list(heldout), layers=list(layers),
                          parts=parts, linkage=linkage, closest={h: list(closest.get(h, [])) for h in heldout},
                          pairs=pairs, usage=usage, nearest=nearest, tsne=coords,
-                         info={"template": template, "batch_size": batch_size, "seed": seed})
+                         info=info)
 
 
 def sample_prompts(rows: Sequence[dict], n: int, seed: int, name: str) -> list[dict]:
@@ -403,134 +489,3 @@ def nearest_table(nearest: dict[str, dict]) -> str:
             lines.append(f"{layer:>5}  {h:<22} {r['nearest']:<40} {r['distance']:>6.3f}  "
                          f"{'yes' if r['nearest_in_closest'] else 'no':<11} {rank}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- plots
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_usage(usage: dict, out_dir: str | Path) -> list[Path]:
-    """Per layer ``usage_layer{L}.png``: rows = modules, columns = A / B pools, each a heatmap of the fraction of
-    a task's instances that selected each factor (tasks x factors); and ``usage_entropy.png``: normalised usage
-    entropy per task (rows) and module (columns), for A and for B. ``usage`` is ``RoutingReport.usage_json()``."""
-    plt = _pyplot()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = usage["tasks"]
-    labels = [short_task(t) + (" (held-out)" if usage["kind"][t] == "heldout" else "") for t in tasks]
-    n = np.array([usage["instances"][t] for t in tasks], dtype=float)[:, None]
-    modules = usage["modules"]
-    paths = []
-    for layer in usage["layers"]:
-        names = [m for m in modules if modules[m]["layer"] == layer]
-        e = max(modules[m]["num_factors"] for m in names)
-        fig, axes = plt.subplots(len(names), 2, squeeze=False, layout="constrained",
-                                 figsize=(2 * (2.5 + 0.22 * e) + 2, len(names) * (0.8 + 0.22 * len(tasks))))
-        for r, m in enumerate(names):
-            for c, part in enumerate(("A", "B")):
-                ax = axes[r][c]
-                frac = np.array([modules[m][part]["counts"][t] for t in tasks], dtype=float) / n
-                im = ax.imshow(frac, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-                ax.set_title(f"{m.split('.', 2)[-1] if m.count('.') > 2 else m} - {part}", fontsize=8)
-                ax.set_yticks(range(len(tasks)), labels if c == 0 else [""] * len(tasks), fontsize=6)
-                ax.set_xticks(range(modules[m]["num_factors"]))
-                ax.tick_params(axis="x", labelsize=5)
-        fig.colorbar(im, ax=axes, fraction=0.02, label="fraction of instances selecting the factor")
-        fig.suptitle(f"Factor usage per task, layer {layer}", fontsize=10)
-        path = out / f"usage_layer{layer}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    names = list(modules)
-    cols = [f"L{modules[m]['layer']}.{m.rsplit('.', 1)[-1].replace('_proj', '')}" for m in names]
-    fig, axes = plt.subplots(1, 2, squeeze=False, layout="constrained",
-                             figsize=(2 * (2.5 + 0.45 * len(names)) + 1, 1.5 + 0.3 * len(tasks)))
-    for c, part in enumerate(("A", "B")):
-        ax = axes[0][c]
-        h = np.array([[modules[m][part]["normalized_entropy"][t] for m in names] for t in tasks])
-        im = ax.imshow(h, vmin=0.0, vmax=1.0, cmap="magma", aspect="auto")
-        for i in range(h.shape[0]):
-            for j in range(h.shape[1]):
-                ax.text(j, i, f"{h[i, j]:.2f}", ha="center", va="center", fontsize=5,
-                        color="white" if h[i, j] < 0.6 else "black")
-        ax.set_xticks(range(len(cols)), cols, rotation=70, fontsize=6)
-        ax.set_yticks(range(len(tasks)), labels if c == 0 else [""] * len(tasks), fontsize=6)
-        ax.set_title(f"usage entropy / ln E, pool {part}", fontsize=9)
-    fig.colorbar(im, ax=axes, fraction=0.02)
-    path = out / "usage_entropy.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return paths + [path]
-
-
-def plot_tsne(report: RoutingReport, out_dir: str | Path) -> list[Path]:
-    """Per layer ``tsne_layer{L}.png``: one point per instance, training tasks as circles, held-out sets as
-    crosses in the lighter shade of the training task they are paired with (``report.pairs``)."""
-    plt = _pyplot()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tab = list(plt.get_cmap("tab20").colors)  # colours 2k / 2k+1 are a dark / light pair
-    extra = list(plt.get_cmap("tab20b").colors) + list(plt.get_cmap("tab20c").colors)
-    colour, marker, legend = {}, {}, {}
-    order = [t for t in dict.fromkeys(p for p in report.pairs.values() if p)] + \
-            [t for t in report.train_tasks if t not in report.pairs.values()]
-    k_extra = 0
-    for k, t in enumerate(order):
-        if t in report.pairs.values() and k < 10:
-            colour[t] = tab[2 * k]
-        else:
-            colour[t], k_extra = extra[k_extra % len(extra)], k_extra + 1
-        marker[t], legend[t] = "o", short_task(t)
-    heldout_markers = ["X", "P", "^", "s", "D", "v"]
-    sharing: dict[Optional[str], int] = {}
-    for h in report.heldout_tasks:
-        p = report.pairs.get(h)
-        k = order.index(p) if p in order else None
-        if p is not None and k is not None and k < 10:
-            colour[h] = tab[2 * k + 1]
-        else:
-            colour[h], k_extra = extra[k_extra % len(extra)], k_extra + 1
-        marker[h] = heldout_markers[sharing.get(p, 0) % len(heldout_markers)]
-        sharing[p] = sharing.get(p, 0) + 1
-        legend[h] = f"{h} (held-out) ~ {short_task(p) if p else 'unpaired'}"
-    labels = np.asarray(report.selections.tasks)
-    paths = []
-    for layer, coords in report.tsne.items():
-        fig, ax = plt.subplots(figsize=(8.5, 6))
-        for t in order + report.heldout_tasks:
-            pts = coords[labels == t]
-            ax.scatter(pts[:, 0], pts[:, 1], s=28 if marker[t] == "o" else 46, c=[colour[t]], marker=marker[t],
-                       edgecolors="black" if marker[t] != "o" else "none", linewidths=0.4, label=legend[t])
-        ax.set_title(f"t-SNE of factor selections (Jaccard, pools {report.parts.upper()}), layer {layer}", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        path = out / f"tsne_layer{layer}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def write_routing_outputs(report: RoutingReport, out_dir: str | Path) -> list[Path]:
-    """usage.json, nearest.json, tsne_layer{L}.json and every PNG into ``out_dir``; returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    usage = report.usage_json()
-    for name, obj in (("usage.json", usage), ("nearest.json", report.nearest_json())):
-        (out / name).write_text(json.dumps(obj, indent=1))
-        written.append(out / name)
-    for layer in report.tsne:
-        path = out / f"tsne_layer{layer}.json"
-        path.write_text(json.dumps(report.tsne_json(layer)))
-        written.append(path)
-    written += plot_usage(usage, out)
-    written += plot_tsne(report, out)
-    return written

@@ -1,24 +1,34 @@
 """``MixLoRA``: an lmms-eval model class for our run directories (``--model mixlora``).
 
-lmms-eval's model interface (``lmms_eval.api.model.lmms``; benchmarks.md §5), as implemented here:
+lmms-eval's model interface (``lmms_eval.api.model.lmms``; docs/benchmarks.md#lmms-eval), as implemented here:
 
 - ``generate_until(requests) -> list[str]``: each request's ``args`` are
   ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``; the image is
   ``doc_to_visual(self.task_dict[task][split][doc_id])`` (a list of PIL images: exactly one is used, none gives
   a blank image as for text-only training records). The context goes through our template
   (``template=vicuna_v1`` by default) with the image in front, then ``mixlora.evaluate.generate_answers``:
-  batched (``batch_size``), left-padded, routing on the prompt. ``gen_kwargs``: ``max_new_tokens`` (default
-  ``max_new_tokens`` of the model args), ``temperature`` (> 0 samples, else greedy), ``top_p``, ``until``
-  (stop strings, cut from the decoded text). Beam search is refused (MixLoRA routes per instance).
+  batched (``batch_size``) per lmms-eval task, left-padded, routing on the prompt. ``gen_kwargs``:
+  ``max_new_tokens`` (default ``max_new_tokens`` of the model args), ``temperature`` (> 0 samples, else greedy),
+  ``top_p``, ``until`` (stop strings, cut from the decoded text). Beam search is refused (MixLoRA routes per
+  instance).
 - ``loglikelihood(requests) -> list[(log p(continuation | context), is_greedy)]``: args
   ``(context, doc_to_target, doc_to_visual, doc_id, task, split)``, continuation = ``doc_to_target(doc)`` or the
-  string itself; one forward over prompt + continuation, routing on the prompt tokens only.
+  string itself; one forward over prompt + continuation, routing on the prompt tokens only
+  (``routing_tokens="all"``: on every real token of the row, as the released batch-1 evaluation).
 - ``generate_until_multi_round``: not supported (raises, as lmms-eval's own LLaVA class does).
+
+Task routing (a run trained with ``adapter.routing_source=task``): each request routes on the definition of its
+lmms-eval task, looked up under the task name (``args[4]``: ``mme``, ``pope_adv``, ``mixlora_synth_pope``) in the
+definitions {key: text} of ``task_definitions=PATH`` (a ``task_definitions.json``; by default the run's
+``data.task_definitions``, as eval.py). The rows are built by ``mixlora.evaluate`` itself
+(``attach_definition``: one definition row per task of a batch, routing the instance rows at prefill); every task
+of a call is checked first, and a task without a definition is an error naming it and the file to add it to.
 
 Model args (``--model_args k=v,...``): ``run`` (a run directory, ``mixlora.build.load_run``) or, for the base
 model, ``model_config`` (a ``configs/model/*.yaml``) + ``tokenizer_corpus`` (JSON files for a local BPE);
 ``template``, ``max_new_tokens`` (1024, lmms-eval's LLaVA default), ``batch_size`` (1, lmms-eval's
-recommendation), ``device``, ``dtype``, ``decode_routing`` (override), ``seed``.
+recommendation), ``device``, ``dtype``, ``decode_routing`` (override), ``seed``, ``task_definitions``
+(task-routed runs only).
 
 Without lmms-eval installed the class still works against this interface (tests use it that way); lmms-eval's
 registry accepts it only when it subclasses ``lmms``, which it does whenever lmms-eval is importable.
@@ -60,24 +70,35 @@ class MixLoRA(_Base):
     def __init__(self, run: Optional[str] = None, model_config: Optional[str] = None,
                  tokenizer_corpus: Optional[str] = None, template: str = "vicuna_v1", max_new_tokens: int = 1024,
                  batch_size: int | str = 1, device: Optional[str] = "cpu", dtype: Optional[str] = None,
-                 decode_routing: Optional[str] = None, seed: int = 0, **unknown: Any) -> None:
+                 decode_routing: Optional[str] = None, seed: int = 0, task_definitions: Optional[str] = None,
+                 **unknown: Any) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"mixlora: unknown model_args {sorted(unknown)}; valid: run, model_config, "
                              "tokenizer_corpus, template, max_new_tokens, batch_size, device, dtype, decode_routing, "
-                             "seed")
+                             "seed, task_definitions")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise RuntimeError("mixlora: the lmms-eval plugin runs in a single process; launch without accelerate/"
                                "torchrun (WORLD_SIZE > 1)")
-        from mixlora.evaluate import Decoding, set_decode_routing
+        from mixlora.evaluate import Decoding, resolve_task_definitions, set_decode_routing
 
         Decoding(template=template)  # validates the template name now, not at the first request
         self.template, self.max_new_tokens, self.seed = template, int(max_new_tokens), int(seed)
         self.batch_size = 1 if batch_size in (None, "auto") else int(batch_size)
         self.device = device or "cpu"
+        # The definitions are read (and a stray task_definitions refused) before the model is loaded.
+        self.definitions = resolve_task_definitions(task_definitions, run)
+        self.definitions_source = None
+        if self.definitions is not None:
+            self.definitions_source = task_definitions or _run_definitions_path(run)
         self.stack = self._load(run, model_config, tokenizer_corpus, dtype)
         set_decode_routing(self.stack.model, decode_routing)
         self.stack.model.eval()
+        self._encoder = None
+        if self.definitions is not None:
+            from mixlora.data.definitions import DefinitionEncoder
+
+            self._encoder = DefinitionEncoder(self.definitions, self.stack.tokenizer, self.template)
 
     def _load(self, run, model_config, tokenizer_corpus, dtype):
         from omegaconf import OmegaConf
@@ -117,6 +138,33 @@ class MixLoRA(_Base):
                              "stack takes one image per question")
         return visuals[0] if visuals else None
 
+    def _check_definitions(self, tasks) -> None:
+        """Under task routing, a TaskError (a ValueError) naming every lmms-eval task of ``tasks`` that has no
+        definition, before anything runs. The key is the task name itself (``find_definition`` of an example whose
+        group is the task: ``definition_keys`` is then ``[task]``)."""
+        from mixlora.tasks.common import Example, TaskError, find_definition
+
+        if self.definitions is None:
+            return
+        missing = sorted({str(t) for t in tasks
+                          if find_definition(str(t), Example("", "", None, group=str(t)), self.definitions) is None})
+        if missing:
+            entry = ", ".join(f'"{t}": "<definition>"' for t in missing)
+            raise TaskError(f"mixlora: the model routes on task definitions (adapter routing_source=task), but "
+                            f"{self.definitions_source} has no definition for lmms-eval task(s) {missing}. Add "
+                            f"{entry} (one or two sentences describing each task) to that JSON object, or pass "
+                            "another file with --model_args run=...,task_definitions=PATH "
+                            "(docs/benchmarks.md#lmms-eval)")
+
+    def _with_definition(self, sample: dict, example) -> dict:
+        """``sample`` with its task's definition row attached (task routing), through the evaluation loop's own
+        helper; unchanged otherwise."""
+        from mixlora.evaluate import attach_definition
+
+        if self._encoder is None:
+            return sample
+        return attach_definition(sample, example, str(example.group), self.definitions, self._encoder)
+
     def _decoding(self, gen_kwargs: dict):
         from mixlora.evaluate import Decoding
 
@@ -138,19 +186,23 @@ class MixLoRA(_Base):
         from mixlora.evaluate import generate_answers
         from mixlora.tasks.common import Example
 
+        self._check_definitions(request.args[4] for request in requests)
         results: list[Optional[str]] = [None] * len(requests)
-        groups: dict[str, list[int]] = {}  # same generation settings -> one batched pass, request order kept
+        # Same task and generation settings -> one batched pass, request order kept. Per task, because an
+        # example's definition is looked up under the task name generate_answers is given.
+        groups: dict[tuple[str, str], list[int]] = {}
         for i, request in enumerate(requests):
-            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(i)
-        for indices in groups.values():
+            key = (str(request.args[4]), json.dumps(request.args[1], sort_keys=True, default=str))
+            groups.setdefault(key, []).append(i)
+        for (task_name, _), indices in groups.items():
             decoding, max_new, until = self._decoding(dict(requests[indices[0]].args[1]))
             examples = []
             for i in indices:
                 context, _, doc_to_visual, doc_id, task, split = requests[i].args
                 examples.append(Example(uid=str(i), question=context,
-                                        image=self._image(doc_to_visual, task, split, doc_id), group=task))
+                                        image=self._image(doc_to_visual, task, split, doc_id), group=task_name))
             for batch in generate_answers(self.stack, examples, decoding, max_new, self.batch_size, self.device,
-                                          task_name=str(examples[0].group)):
+                                          task_name=task_name, definitions=self.definitions):
                 for ex, text in batch:
                     results[int(ex.uid)] = cut_at_stop(text, until)
         return results
@@ -163,6 +215,7 @@ class MixLoRA(_Base):
         from mixlora.evaluate import load_pixels
         from mixlora.tasks.common import Example
 
+        self._check_definitions(request.args[4] for request in requests)
         model, tokenizer = self.stack.model, self.stack.tokenizer
         collate = GenerationCollator(tokenizer.pad_token_id)
         out = []
@@ -177,21 +230,41 @@ class MixLoRA(_Base):
             if not answer:
                 raise ValueError(f"mixlora: request {i} (task {task!r}) has an empty continuation")
             prompt, cont = ids[: answer[0]], ids[answer[0] :]
-            example = Example(uid=str(i), question=context, image=self._image(doc_to_visual, task, split, doc_id))
-            batch = collate([{"input_ids": torch.tensor(ids), "pixel_values": load_pixels(
-                self.stack.image_processor, example, str(task))}])
+            example = Example(uid=str(i), question=context, image=self._image(doc_to_visual, task, split, doc_id),
+                              group=str(task))
+            sample = {"input_ids": torch.tensor(ids), "pixel_values": load_pixels(
+                self.stack.image_processor, example, str(task))}
+            batch = collate([self._with_definition(sample, example)])
+            # Row 0 is the request; under task routing a definition row follows and may be the longer one, so
+            # row 0 can start with left padding.
+            start = batch["input_ids"].shape[1] - len(ids)
             routing = batch["routing_mask"].clone()
-            routing[:, len(prompt):] = False  # route on the prompt, as in training and generation
-            with torch.no_grad():
+            routing[0, start + len(prompt):] = False  # route on the prompt, as in training and generation
+            source_rows = batch.get("source_rows")
+            # sequence_mask: routing_tokens="all" averages each row's own tokens, never a batch-mate's padding
+            # (as generate does); the forward itself is given no routing arguments, so this context is in force.
+            with torch.no_grad(), model.routing(routing.to(self.device),
+                                                None if source_rows is None else source_rows.to(self.device),
+                                                sequence_mask=batch["attention_mask"].bool().to(self.device)):
                 logits = model(input_ids=batch["input_ids"].to(self.device),
                                attention_mask=batch["attention_mask"].to(self.device),
-                               pixel_values=batch["pixel_values"].to(self.device),
-                               routing_mask=routing.to(self.device)).logits
-            out.append(continuation_logprob(logits[0].float().cpu(), len(prompt), cont))
+                               pixel_values=batch["pixel_values"].to(self.device)).logits
+            out.append(continuation_logprob(logits[0, start:].float().cpu(), len(prompt), cont))
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("mixlora: multi-round generation is not supported")
+
+
+def _run_definitions_path(run: Optional[str]) -> str:
+    """The ``data.task_definitions`` a run was trained with, for messages (its value as written)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    config = Path(str(run)) / "config.yaml"
+    path = OmegaConf.select(OmegaConf.load(config), "data.task_definitions") if config.is_file() else None
+    return f"{path} (the run's data.task_definitions)" if path else f"the data.task_definitions of {run}"
 
 
 def cut_at_stop(text: str, until: Sequence[str]) -> str:
