@@ -96,7 +96,7 @@ class AdapterConfig:
 
     @classmethod
     def released(cls, num_factors: int, rank: int, **overrides: Any) -> "AdapterConfig":
-        """Every released behaviour (official-code.md checklist A): alpha = 2E, dropout 0.05."""
+        """Every behaviour of the released variant (docs/method.md#released-variant): alpha = 2E, dropout 0.05."""
         values = dict(kind="mixlora", num_factors=num_factors, rank=rank, alpha=2.0 * num_factors, dropout=0.05,
                       cfs="released", router_grad="none", routing_tokens="all", routing_precision="layer",
                       decode_routing="per_step")

@@ -6,13 +6,13 @@ so a typo fails at build time with the list of valid values instead of silently 
 
 ADAPTER_KINDS = ("lora", "mixlora")
 
-# How B's factor choice depends on the chosen A factors (paper §2.3, official-code.md §4).
+# How B's factor choice depends on the chosen A factors (docs/method.md#conditional-factor-selection).
 #   none     - Independent Factor Selection only.
 #   paper    - p_B += Σ_i softmax_E(A_x[i] · W_AB[i])                      (the paper's equation)
 #   released - p_B += softmax_E(Σ_i softmax_E((Σ_d A_x[i,d]) · (Σ_f W_AB[i,f,:])))   (what the code computes)
 CFS_MODES = ("none", "paper", "released")
 
-# Whether routers learn (official-code.md §5: in the released code they never receive a gradient).
+# Whether routers learn (docs/method.md#router-gradients: in the released code they never receive a gradient).
 #   none             - selection is an integer top-r; routers stay at initialisation.
 #   straight_through - forward unchanged; selected factors are multiplied by s / s.detach() of their scores.
 ROUTER_GRAD_MODES = ("none", "straight_through")
@@ -40,7 +40,7 @@ ROUTING_PRECISIONS = ("float32", "layer")
 #   per_step - each decode forward re-routes on the tokens it is given (one token with a KV cache; released).
 DECODE_ROUTING = ("prefill", "per_step")
 
-# What the routers see (the routing ablation, paper §5.3).
+# What the routers see (the routing ablation, docs/method.md#routing-sources-the-routing-ablation).
 #   instance - the pooled input of the instance itself (MixLoRA).
 #   task     - the pooled input of another batch row holding the task's definition text (released `task_def`):
 #              `mixlora.routing(model, mask, source_rows=...)` says which row each row routes on.

@@ -33,7 +33,7 @@ from mixlora.profiling import run_metadata, saved_activations, timed, write_resu
 
 
 class DenseReleased(nn.Module):
-    """Reference only: the released code's per-instance dense ΔW (official-code.md §6). Do not use."""
+    """Reference only: the released code's per-instance dense ΔW (docs/method.md#released-vs-corrected). Do not use."""
 
     def __init__(self, mix: MixLoRALinear):
         super().__init__()

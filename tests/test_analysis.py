@@ -1,4 +1,4 @@
-"""Task interference (paper §1) and routing analysis (paper §5.6).
+"""Task interference and routing analysis (docs/method.md#task-interference, docs/method.md#routing-analysis).
 
 References are independent of the code under test: interference values derived by hand from the formula,
 Jaccard distances and usage counts of hand-made selection sets, parameter counts from the tiny model's shapes,

@@ -499,7 +499,7 @@ def test_mmavg_by_hand_and_partial():
 
 
 def test_mmavg_reproduces_paper_table1():
-    # Poster Table 1 (paper.md §5.1), MixLoRA E16/r4 row: the published MMAvg is 64.10, which is
+    # Poster Table 1 (results/paper/table1.csv), MixLoRA E16/r4 row: the published MMAvg is 64.10, which is
     # (40.66 + 52.70 + 43.10 + 91.59 + 57.28 + 85.25 + 78.13) / 7 = 448.71 / 7 = 64.1014...
     row = {"textvqa": 40.66, "vsr": 52.70, "snli_ve": 43.10, "cifar10": 91.59, "cifar100": 57.28,
            "mnist": 85.25, "pope": 78.13}

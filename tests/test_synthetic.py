@@ -1,7 +1,7 @@
 """Tests of the synthetic task suite (mixlora/data/synthetic.py, data/make_synthetic.py).
 
 The references are independent of the generator: the public record formats (Vision-Flan, MME release, CV-Bench,
-POPE, MixLoRA eval JSONL; benchmarks.md §1-4) and the pixels themselves. Colours are identified by the nearest
+POPE, MixLoRA eval JSONL; docs/benchmarks.md) and the pixels themselves. Colours are identified by the nearest
 CSS colour (the ANCHORS below, not the generator's palette), objects by exact-colour pixel groups, counts by
 connected components, positions by pixel centroids.
 """

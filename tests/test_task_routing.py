@@ -1,4 +1,5 @@
-"""Task-definition routing (the paper's task-specific routing ablation, §5.3) through data, model, training and eval.
+"""Task-definition routing through data, model, training and eval (the paper's task-specific routing ablation:
+docs/method.md#routing-sources-the-routing-ablation).
 
 References are independent of the code under test: hand-checked row indices, literal template strings, a
 separate instance-routed forward of each definition *alone* (the selection a task-routed instance must take), a

@@ -69,7 +69,7 @@ def test_default_config_is_the_tiny_corrected_mixlora_demo():
     assert cfg.data.annotations == "data/synthetic/train.json" and cfg.data.generate.per_task == 150
     assert cfg.trainer.strategy == "single" and cfg.logger.mode == "offline"
     adapter = AdapterConfig.coerce(cfg.adapter)
-    # corrected MixLoRA (official-code.md checklist B) with the LoRA baseline's multiplier alpha / r = 2
+    # corrected MixLoRA (docs/method.md#corrected-variant) with the LoRA baseline's multiplier alpha / r = 2
     assert (adapter.kind, adapter.cfs, adapter.routing_tokens, adapter.decode_routing) == \
         ("mixlora", "paper", "prompt", "prefill")
     assert adapter.alpha / adapter.rank == 2.0 and adapter.rank < adapter.num_factors

@@ -1,4 +1,5 @@
-"""Task definitions: the text each task-routed instance routes on (the paper's task-specific routing, §5.3).
+"""Task definitions: the text each task-routed instance routes on (task-specific routing:
+docs/method.md#routing-sources-the-routing-ablation).
 
 Under ``routing_source="task"`` (``mixlora.options``) a MixLoRA layer routes batch row b on the pooled input of
 row ``source_rows[b]``. The collators (``mixlora.data.collator``) append one *definition row* per distinct task of
@@ -9,7 +10,7 @@ a micro-batch, holding that task's definition text rendered as a prompt, and poi
     routing mask        = every real token of that row (it is all prompt);   labels = IGNORE_INDEX everywhere
 
 so every instance of a task gets the selection computed from its task's definition alone, as the released
-``task_def`` mode does ("task-definition batch doubling", official-code.md §8).
+``task_def`` mode does (it doubles the batch with definition rows; docs/method.md#released-vs-corrected).
 
 File format (``task_definitions.json``): one JSON object mapping each task name to a non-empty definition::
 

@@ -1,10 +1,10 @@
 """Procedural synthetic task suite: Vision-Flan-style training tasks and zero-shot held-out benchmarks.
 
-Nothing can be downloaded on the development machines, so this module is how the repository is demonstrated and
-tested on CPU: a tiny LLaVA-style model is aligned on ``stage1.json``, instruction-tuned on the training tasks of
+The repository is demonstrated and tested on CPU without downloading anything, and this module is how: a tiny
+LLaVA-style model is aligned on ``stage1.json``, instruction-tuned on the training tasks of
 ``train.json`` and evaluated zero-shot on held-out sets written in the public formats of the paper's benchmarks.
 The formats and the design (which training task teaches what, why each held-out set is zero-shot) are described in
-``docs/synthetic.md``; the reference formats are in ``benchmarks.md`` §1-4.
+``docs/synthetic.md``; the reference formats are in ``docs/benchmarks.md``.
 
 Output layout of :func:`generate_suite` (``DIR`` = ``out_dir``)::
 
@@ -1086,10 +1086,10 @@ EVAL_INFO: dict[str, EvalInfo] = {
 }
 
 
-# Task definitions (task-specific routing, paper §5.3; ``mixlora.data.definitions``): one or two sentences per
-# training task and per held-out set, in the style of Vision-Flan's definitions table (what the image shows, what to do,
-# the answer format). Keys: training task names, then the EVAL_INFO keys (an evaluation looks up "<task>/<group>",
-# e.g. "mme/existence", then "<task>", e.g. "pope").
+# Task definitions (task-specific routing, docs/method.md#routing-sources-the-routing-ablation;
+# ``mixlora.data.definitions``): one or two sentences per training task and per held-out set, in the style of
+# Vision-Flan's definitions table (what the image shows, what to do, the answer format). Keys: training task names,
+# then the EVAL_INFO keys (an evaluation looks up "<task>/<group>", e.g. "mme/existence", then "<task>", e.g. "pope").
 TASK_DEFINITIONS: dict[str, str] = {
     "SynthShapes+color_classification": "You are given an image with a single shape. Choose the color of the shape "
     "from the given options and answer with the option letter and the color, for example '(b) red'.",

@@ -1,4 +1,4 @@
-"""MMAvg: the paper's mean over its 7 zero-shot sets, MME excluded (paper.md §4; benchmarks.md §4).
+"""MMAvg: the paper's mean over its 7 zero-shot sets, MME excluded (docs/benchmarks.md#mmavg).
 
     MMAvg = (TextVQA + VSR + SNLI-VE + CIFAR-10 + CIFAR-100 + MNIST + POPE) / 7      (each in percent)
 

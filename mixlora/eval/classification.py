@@ -1,4 +1,5 @@
-"""Accuracy for the classification-style sets: VSR, SNLI-VE, CIFAR-10, CIFAR-100, MNIST (benchmarks.md §4).
+"""Accuracy for the classification-style sets: VSR, SNLI-VE, CIFAR-10, CIFAR-100, MNIST
+(docs/benchmarks.md#classification-sets).
 
 Records (JSONL; MixLoRA's released files have these fields)::
 

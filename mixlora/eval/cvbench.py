@@ -1,4 +1,5 @@
-"""CV-Bench (Cambrian-1) scoring: answer-letter parsing and the official combined score (benchmarks.md §3).
+"""CV-Bench (Cambrian-1) scoring: answer-letter parsing and the official combined score
+(docs/benchmarks.md#cv-bench).
 
 Records (JSONL, one per question; the dataset's fields plus our ``prediction``)::
 

@@ -1,4 +1,4 @@
-"""MME scoring with the rules of the official ``eval_tool/calculation.py`` (benchmarks.md §2).
+"""MME scoring with the rules of the official ``eval_tool/calculation.py`` (docs/benchmarks.md#mme).
 
 Result layout (what the official tool reads, and what ``write_results_dir`` produces)::
 

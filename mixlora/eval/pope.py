@@ -1,4 +1,5 @@
-"""POPE scoring with LLaVA's ``eval_pope.py`` parsing; metrics per split and their mean (benchmarks.md §4).
+"""POPE scoring with LLaVA's ``eval_pope.py`` parsing; metrics per split and their mean
+(docs/benchmarks.md#pope).
 
 Records (JSONL)::
 

@@ -1,4 +1,4 @@
-"""TextVQA scoring: the standard VQA answer normalisation and VQA accuracy (benchmarks.md §4).
+"""TextVQA scoring: the standard VQA answer normalisation and VQA accuracy (docs/benchmarks.md#textvqa).
 
 Records (JSONL)::
 

@@ -3,7 +3,7 @@
 Name the object class (10 classes). One of the paper's seven zero-shot sets (it counts towards MMAvg as ``cifar10``).
 
 Input: the released MixLoRA evaluation JSONL, one record per line ``{"unique_id", "prompt", "target",
-"image_path"}`` (benchmarks.md §4); the synthetic suite writes the same format to
+"image_path"}`` (docs/benchmarks.md#released-evaluation-files); the synthetic suite writes the same format to
 ``data/synthetic/eval/cifar10/test.jsonl``. Scoring: ``mixlora.eval.classification`` (the option letter when the
 prompt lists "Options: (a) ...", else normalised equality, else a whole-word single-label match).
 """

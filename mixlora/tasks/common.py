@@ -200,7 +200,7 @@ def resolve_image(records: JsonlRecords, i: int, name: str, root: Path, task: st
 def released_examples(path: Any, task: str, prompt_suffix: str, strip_suffix: str, prompts: str,
                       image_root: Any = None, group: Optional[str] = None,
                       extra: Optional[dict] = None) -> list[Example]:
-    """Examples from a released MixLoRA evaluation JSONL (``official-code.md`` §8)::
+    """Examples from a released MixLoRA evaluation JSONL (docs/benchmarks.md#released-evaluation-files)::
 
         {"unique_id": "cifar10-00000", "prompt": "What is the object?\\nOptions: (a) ...", "target": "cross",
          "image_path": "images/00000.png", ...any other fields are kept}

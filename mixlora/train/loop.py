@@ -2,8 +2,9 @@
 
 Why not the HF Trainer: the routing context must enclose forward *and* backward of every micro-batch (gradient
 checkpointing re-runs forwards during backward, and MixLoRA layers need the routing mask then), the model is
-our own LlavaMixModel with its own save layout, and the released code's Trainer subclass pins transformers,
-accelerate and DeepSpeed versions (official-code.md §9.15). The loop below is ~80 lines; the Trainer would need
+our own LlavaMixModel with its own save layout, and the released code's Trainer subclass (a copy of transformers
+4.33's training loop, its ``llava_trainer.py:494-1009``) pins transformers, accelerate and DeepSpeed versions. The
+loop below is ~80 lines; the Trainer would need
 a subclass overriding training_step, the saving code and the sampler anyway.
 
 One optimiser step::
