@@ -2,7 +2,7 @@
 
     python data/prepare_cvbench.py --src CV-Bench --out data/cvbench
 
-Input (``nyu-visionx/CV-Bench``, benchmarks.md §3): ``test_2d`` and ``test_3d`` as ``.jsonl`` or ``.parquet``
+Input (``nyu-visionx/CV-Bench``, docs/benchmarks.md#cv-bench): ``test_2d`` and ``test_3d`` as ``.jsonl`` or ``.parquet``
 (the older single ``test`` file is read when neither exists), images under ``img/2D/{count,relation}/`` and
 ``img/3D/{depth,distance}/``. A JSONL row's image is ``src/<filename>`` (falling back to its ``image`` string);
 a parquet row's image is ``src/<filename>`` when that file exists, else its embedded bytes are written to

@@ -3,7 +3,7 @@
     python data/prepare_mme.py --src MME_Benchmark_release_version --out data/mme
     python data/prepare_mme.py --parquet test-0000*-of-00004.parquet --out data/mme   # lmms-lab/MME form
 
-Inputs (benchmarks.md §2):
+Inputs (docs/benchmarks.md#mme):
 - the release folder ``MME_Benchmark_release_version/<subtask>/`` in either layout:
   flat ``<stem>.jpg|.png`` beside ``<stem>.txt`` (existence, count, position, color, OCR, the cognition tasks),
   or ``images/<stem>.jpg|.png`` + ``questions_answers_YN/<stem>.txt`` (artwork, celebrity, landmark, posters,

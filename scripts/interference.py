@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Task-interference matrices (paper §1) between training tasks, for LoRA A and LoRA B, with heatmaps.
+"""Task-interference matrices (docs/method.md#task-interference) between training tasks, for LoRA A and LoRA B, with heatmaps.
 
     # a trained run (LoRA or MixLoRA), the paper's two panels (MLP, self-attention) at two layers
     python scripts/interference.py --run runs/lora_r4 --data data/synthetic/train.json --layers 0,-1 --n 8 \

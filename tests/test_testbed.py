@@ -127,21 +127,23 @@ def test_cli_rejects_unknown_rows_and_lists_runs(tmp_path):
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     assert sum(line.startswith("lora_r2 seed") for line in lines) == 2
-    assert sum(line.startswith("spec_lora_r2 seed 0 task") for line in lines) == 12
+    # One specialist per task of the default build: colour and position, each as name / next / flip.
+    assert sum(line.startswith("spec_lora_r2 seed 0 task") for line in lines) == 6
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
 def test_demo_recipe_at_reduced_size_writes_the_report_and_resumes(tmp_path):
     """The demo's rows and seeds through the real recipe (stage 1, full, specialists, LoRA, MixLoRA with
     instruction routing, pooled cached features), tiny sizes; a second call trains nothing."""
-    from mixlora.data.testbed import TASKS, make_testbed
-    from mixlora.testbed.recipe import Budget, run_table, seeds_for
+    from mixlora.data.testbed import make_testbed
+    from mixlora.testbed.recipe import Budget, build_tasks, run_table, seeds_for
     from mixlora.testbed.usage import routing_usage
 
     data, out = tmp_path / "data", tmp_path / "out"
     make_testbed(data, train_images=40, test_images=24, train_per_task=8, test_per_task=2, stage1_size=24,
                  progress=False)
-    tasks = [t.task_name for t in TASKS]
+    tasks = build_tasks(data)
+    assert tasks == [f"testbed+{f}_{k}" for f in ("colour", "position") for k in ("name", "next", "flip")]
     budget = Budget(stage1_steps=3, stage2_steps=12, batch_size=8, eval_per_task=2, eval_batch_size=48)
     plan = [(row, seed) for row in select_rows(DEMO_ROWS) for seed in seeds_for(row, demo=True)]
     assert [(r.name, s) for r, s in plan] == [("full_ft", 0), ("spec_lora_r2", 0), ("lora_r2", 0), ("lora_r2", 1),
@@ -161,7 +163,7 @@ def test_demo_recipe_at_reduced_size_writes_the_report_and_resumes(tmp_path):
     assert saved["rows"][0]["seen"]["mean"] == report["rows"][0]["seen"]["mean"]
     assert (out / "plots" / "results_families.png").is_file() and (out / "plots" / "results_routing_usage.png").is_file()
     spec = json.loads((out / "runs" / "spec_lora_r2_s0" / "colour_flip" / RECORD).read_text())
-    assert "trainer.schedule_steps=1" in spec["overrides"] and "data.tasks=['testbed+colour_flip']" in spec["overrides"]
+    assert "trainer.schedule_steps=2" in spec["overrides"] and "data.tasks=['testbed+colour_flip']" in spec["overrides"]
     config = (out / "runs" / "lora_r2_s0" / "config.yaml").read_text()
     assert "image_pool: 2" in config and "feature_cache:" in config
     records = sorted((out / "runs").rglob(RECORD))

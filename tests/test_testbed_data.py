@@ -29,9 +29,12 @@ from mixlora.data.testbed.vocab import check_image_size
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-SMALL = dict(train_images=60, test_images=40, train_per_task=20, test_per_task=12, stage1_size=30)
+ALL_TASKS = [f"{family}_{kind}" for family in ("colour", "size", "position")
+             for kind in ("name", "next", "flip", "verify")]
+# The module's builds hold all twelve tasks (not only the default six), so every mapping is checked.
+SMALL = dict(train_images=60, test_images=40, train_per_task=20, test_per_task=12, stage1_size=30, tasks=ALL_TASKS)
 SMALL_CLI = ["--train-images", "60", "--test-images", "40", "--train-per-task", "20", "--test-per-task", "12",
-             "--stage1-size", "30"]
+             "--stage1-size", "30", "--tasks", ",".join(ALL_TASKS)]
 BACKGROUND = (90, 90, 90)
 
 # The task definitions, written out by hand (not imported).
@@ -292,11 +295,31 @@ def test_idempotent_refuse_and_overwrite(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"test_per_task": 0}, {"train_images": -1}, {"stage1_size": 2.5},
-                                 {"image_size": 63}, {"seed": "0"}])
+                                 {"image_size": 63}, {"seed": "0"}, {"tasks": []}, {"tasks": ["colour_hue"]},
+                                 {"tasks": ["colour_name", "colour_name"]}])
 def test_bad_arguments(tmp_path, bad):
     with pytest.raises(ValueError):
         make_testbed(tmp_path / "x", progress=False, **{**SMALL, **bad})
     assert not (tmp_path / "x").exists()
+
+
+def test_default_build_holds_colour_and_position_and_each_task_is_independent_of_the_others(built, tmp_path):
+    out, _ = built
+    small = {k: v for k, v in SMALL.items() if k != "tasks"}
+    manifest = make_testbed(tmp_path / "default", progress=False, **small)
+    default = ["colour_name", "colour_next", "colour_flip", "position_name", "position_next", "position_flip"]
+    assert manifest["arguments"]["tasks"] == default
+    assert [t["task_name"] for t in manifest["tasks"]] == [f"testbed+{name}" for name in default]
+    _, train_all, seen_all, _ = load(out)
+    _, train, seen, _ = load(tmp_path / "default")
+    assert {r["task_name"] for r in train} == {f"testbed+{name}" for name in default}
+    # A task's records (image, prompt, answer) are the same whichever other tasks are built beside it.
+    content = lambda rows: [(r["image"], r["conversations"][0]["value"], r["conversations"][1]["value"])  # noqa: E731
+                            for r in rows if r["task_name"] == "testbed+position_next"]
+    assert content(train) == content(train_all) and len(content(train)) == SMALL["train_per_task"]
+    test_content = lambda rows: [(r["image_path"], r["prompt"], r["target"])  # noqa: E731
+                                 for r in rows if r["task_name"] == "testbed+colour_flip"]
+    assert test_content(seen) == test_content(seen_all)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -316,7 +339,8 @@ def test_cli_builds_the_same_files(built, tmp_path):
     assert file_hashes(tmp_path / "cli") == file_hashes(out)
 
 
-@pytest.mark.parametrize("bad", [["--test-per-task", "0"], ["--image-size", "63"], ["--train-images", "many"]])
+@pytest.mark.parametrize("bad", [["--test-per-task", "0"], ["--image-size", "63"], ["--train-images", "many"],
+                                 ["--tasks", "colour_name,shape_name"]])
 def test_cli_bad_argument_exits_2(tmp_path, bad):
     result = run_cli("--out", str(tmp_path / "cli"), *bad, "--quiet")
     assert result.returncode == 2

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .recipe import DEMO, TABLE, Budget, run_dirs, run_table, seeds_for
+from .recipe import DATA, DEMO, TABLE, Budget, build_tasks, run_dirs, run_table, seeds_for
 from .rows import DEMO_ROWS, ROWS, select_rows
 
 
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage2-steps", type=int, default=None)
     parser.add_argument("--eval-per-task", type=int, default=None,
                         help="test instances per task and split (default: all for table, 100 for demo)")
+    parser.add_argument("--overwrite-data", action="store_true",
+                        help="rebuild --data if it holds a different or older testbed build (only the generator's files)")
     parser.add_argument("--keep-going", action="store_true", help="log a failed run and go on with the next")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
     parser.add_argument("--dest", type=Path, default=None, help="where the report goes (default OUT)")
@@ -71,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out, data = args.out.resolve(), args.data.resolve()
     command = "python -m mixlora.testbed " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    from mixlora.data.testbed import TASKS, make_testbed
+    from mixlora.data.testbed import make_testbed
 
-    tasks = [t.task_name for t in TASKS]
+    tasks = build_tasks(data)
     if args.command == "report":
         return _report(out, data, tasks, command, args)
     demo = args.command == "demo"
@@ -86,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     _say(f"1/4 testbed data ({data})")
     try:
-        make_testbed(data, progress=sys.stderr.isatty())
+        make_testbed(data, progress=sys.stderr.isatty(), overwrite=args.overwrite_data, **DATA)
     except (FileExistsError, ValueError) as err:  # a folder holding other data, or a half-written build
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}\n(here: --overwrite-data rebuilds {data}; --data chooses another folder)",
+              file=sys.stderr)
         return 2
     failed = run_table(out, data, plan, budget, tasks, keep_going=args.keep_going, say=_say)
     _say("4/4 report")

@@ -33,6 +33,7 @@ SPLITS = ("seen", "unseen")
 RECORD = "testbed.json"
 # vicuna_v1's roles without its system prompt: a constant prefix would double the sequence length here.
 TEMPLATE = "vicuna_v1_nosys"
+IMAGE_POOL = 2
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,27 @@ class Budget:
 
 
 TABLE = Budget()
+# The testbed build every table uses (mixlora.data.testbed.make_testbed arguments; the rest are its defaults).
+DATA: dict = {}
 # The demo's reduced sizes (shorter stages, 100 test instances per task and split), chosen for its time budget.
 DEMO = Budget(stage1_steps=500, stage2_steps=200, eval_per_task=100)
+
+
+def build_tasks(data: Path) -> list[str]:
+    """The task names of the testbed in ``data`` (its manifest), or of the default build if it is not there yet."""
+    from mixlora.data.testbed.families import select_tasks
+    from mixlora.data.testbed.writer import read_manifest
+
+    manifest = read_manifest(data)
+    names = (manifest.get("arguments", {}).get("tasks") if manifest is not None else None) or DATA.get("tasks")
+    return [task.task_name for task in select_tasks(names)]
 
 
 def data_overrides(data: Path) -> list[str]:
     """What every testbed run shares: its data, 2x2 pooling (16 image tokens), the feature cache, no wandb."""
     return [f"data.image_folder={data / 'images'}", "data.generate=null", "data.max_length=128",
             f"data.template={TEMPLATE}",
-            "model.image_pool=2", f"model.feature_cache={data / 'feature_cache'}", "logger=disabled",
+            f"model.image_pool={IMAGE_POOL}", f"model.feature_cache={data / 'feature_cache'}", "logger=disabled",
             "trainer.progress=lines", "trainer.log_every=100", "resume=true", "trainer.keep_checkpoints=1"]
 
 

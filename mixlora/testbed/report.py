@@ -1,8 +1,8 @@
 """The testbed's report: per-row accuracies with standard errors, interference, claim verdicts, JSON and plots.
 
 Accuracy of a run on a split = the mean over tasks of the task accuracy (percent), as the paper's seen-task
-average; a family's accuracy = the mean over its four tasks. A specialist row's "run" for a seed is its twelve
-one-task runs, each contributing its own task.
+average; a family's accuracy = the mean over its tasks (name / next / flip by default). A specialist row's "run"
+for a seed is its one-task runs, each contributing its own task.
 
 Standard errors of a row mean: over seeds, ``std(ddof=1) / sqrt(n)`` (training variance: initialisation, dropout,
 data order) when the row has >= 2 seeds; with one seed, the test-sampling error of that run,
@@ -28,8 +28,8 @@ from .rows import BY_NAME
 CLAIMS = (
     ("MixLoRA beats LoRA at equal rank (paper Table 1)", "mixc_e8_r2_instr", "lora_r2"),
     ("MixLoRA beats LoRA at equal trainable parameters", "mixc_e8_r2_instr", "lora_r8"),
-    ("Instance routing beats random routing (paper §5.3)", "mixc_e8_r2_instr", "rand_e8_r2"),
-    ("CFS beats IFS alone (paper §5.2)", "mixc_e8_r2_instr", "ifs_e8_r2_instr"),
+    ("Instance routing beats random routing (the paper's routing ablation)", "mixc_e8_r2_instr", "rand_e8_r2"),
+    ("CFS beats IFS alone (the paper's CFS ablation)", "mixc_e8_r2_instr", "ifs_e8_r2_instr"),
     ("Routing on the instruction beats routing on the whole prompt", "mixc_e8_r2_instr", "mixc_e8_r2_prompt"),
     ("Learned (straight-through) routers beat frozen ones", "st_e8_r2_instr", "mixc_e8_r2_instr"),
     ("Corrected MixLoRA beats the released layer (same E, r)", "mixc_e8_r2_prompt", "mixrel_e8_r2"),
@@ -133,7 +133,7 @@ def markdown(report: dict) -> str:
     lines = ["# Interference testbed", ""]
     if report.get("command"):
         lines += ["Command: `" + report["command"] + "`", ""]
-    lines += ["Accuracy (%) = mean over the 12 tasks; ± is one standard error (over seeds; with one seed, over test "
+    lines += [f"Accuracy (%) = mean over the {len(report['tasks'])} tasks; ± is one standard error (over seeds; with one seed, over test "
               "instances). Seen: the training phrasings on new images; unseen: phrasings never trained on.", "",
               "| Row | Seeds | Seen | Unseen | " + " | ".join(f"{f} (seen)" for f in families) + " |",
               "|---|---:|---:|---:|" + "---:|" * len(families)]

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from mixlora.data.testbed.build import DEFAULTS, make_testbed
+from mixlora.data.testbed.families import DEFAULT_TASKS, TASKS_BY_NAME
 from mixlora.data.testbed.vocab import check_image_size
 
 
@@ -33,7 +34,7 @@ def _image_size(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mixlora.data.testbed",
-        description="Write the synthetic interference testbed: shared image pools, stage-1 captions, 12 training "
+        description="Write the synthetic interference testbed: shared image pools, stage-1 captions, training "
                     "tasks with conflicting answer mappings, and seen/unseen-phrasing test splits.")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in counts.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_positive_int, default=DEFAULTS[name],
                             help=f"{text} (default %(default)s)")
+    parser.add_argument("--tasks", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                        default=None, help="comma-separated task names, e.g. colour_name,size_flip (default: "
+                        f"{','.join(DEFAULT_TASKS)}; all: {','.join(TASKS_BY_NAME)})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different or incomplete build in --out (only the generator's own files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = make_testbed(args.out, seed=args.seed, image_size=args.image_size,
                                 train_images=args.train_images, test_images=args.test_images,
                                 train_per_task=args.train_per_task, test_per_task=args.test_per_task,
-                                stage1_size=args.stage1_size, overwrite=args.overwrite, progress=not args.quiet)
+                                stage1_size=args.stage1_size, tasks=args.tasks, overwrite=args.overwrite,
+                                progress=not args.quiet)
     except ValueError as err:
         parser.error(str(err))  # exits 2
     except (FileExistsError, NotADirectoryError) as err:

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mixlora.data.testbed import splits, writer
-from mixlora.data.testbed.families import TASKS
+from mixlora.data.testbed.families import select_tasks
 from mixlora.data.testbed.render import render
 from mixlora.data.testbed.vocab import VERSION, check_image_size
 
@@ -30,8 +30,9 @@ DEFAULTS: dict[str, int] = {"image_size": 64, "train_images": 3000, "test_images
 COUNTS: tuple[str, ...] = ("train_images", "test_images", "train_per_task", "test_per_task", "stage1_size")
 
 
-def check_arguments(seed, image_size, **counts) -> dict:
-    """The build's identity ``{"version", "seed", "image_size", "sizes"}``; ValueError naming a bad argument."""
+def check_arguments(seed, image_size, tasks=None, **counts) -> dict:
+    """The build's identity ``{"version", "seed", "image_size", "sizes", "tasks"}``; ValueError naming a bad
+    argument."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     check_image_size(image_size)
@@ -40,20 +41,21 @@ def check_arguments(seed, image_size, **counts) -> dict:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return {"version": VERSION, "seed": seed, "image_size": image_size,
-            "sizes": {name: counts[name] for name in COUNTS}}
+            "sizes": {name: counts[name] for name in COUNTS}, "tasks": [t.name for t in select_tasks(tasks)]}
 
 
 def make_testbed(out_dir, seed: int = 0, image_size: int = 64, train_images: int = 3000, test_images: int = 1200,
                  train_per_task: int = 600, test_per_task: int = 300, stage1_size: int = 4000,
-                 overwrite: bool = False, progress: bool = True) -> dict:
+                 tasks=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Build the testbed into ``out_dir`` and return its manifest.
 
+    ``tasks``: task names such as ``"colour_next"`` (None: :data:`~mixlora.data.testbed.families.DEFAULT_TASKS`).
     If ``out_dir`` already holds a complete build with the same arguments, its manifest is returned and nothing
     is written. A build with other arguments, or an incomplete one (generator outputs but no manifest), raises
     FileExistsError unless ``overwrite``; ``overwrite`` deletes only the generator's own outputs (images/,
     eval/, stage1.json, train.json, manifest.json) and rebuilds. Other files in the folder are never touched.
     """
-    identity = check_arguments(seed, image_size, train_images=train_images, test_images=test_images,
+    identity = check_arguments(seed, image_size, tasks, train_images=train_images, test_images=test_images,
                                train_per_task=train_per_task, test_per_task=test_per_task, stage1_size=stage1_size)
     out = Path(out_dir)
     existing = _prepare(out, identity, overwrite)
@@ -68,9 +70,10 @@ def make_testbed(out_dir, seed: int = 0, image_size: int = 64, train_images: int
                 bar.update(1)
 
     stage1 = splits.stage1_records(seed, train_pool, stage1_size, "train")
-    train = splits.train_records(seed, train_pool, train_per_task, "train")
+    chosen = select_tasks(identity["tasks"])
+    train = splits.train_records(seed, train_pool, train_per_task, "train", chosen)
     # The jsonl files sit two folders below OUT: eval/<split>/test.jsonl.
-    seen, unseen = splits.test_records(seed, test_pool, test_per_task, "../../images/test")
+    seen, unseen = splits.test_records(seed, test_pool, test_per_task, "../../images/test", chosen)
     writer.write_json(out / "stage1.json", stage1)
     writer.write_json(out / "train.json", train)
     writer.write_jsonl(out / "eval" / "seen" / "test.jsonl", seen)
@@ -108,7 +111,7 @@ def _distribution(answers) -> dict[str, int]:
 
 def _manifest(identity: dict, stage1: list, train: list, seen: list, unseen: list) -> dict:
     tasks = []
-    for task in TASKS:
+    for task in select_tasks(identity["tasks"]):
         train_answers = [r["conversations"][1]["value"] for r in train if r["task_name"] == task.task_name]
         test_answers = [r["target"] for r in seen if r["task_name"] == task.task_name]
         tasks.append({"task_name": task.task_name, "family": task.family, "kind": task.kind,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from mixlora.constants import IMAGE_TOKEN
-from mixlora.data.testbed.families import TASKS
+from mixlora.data.testbed.families import Task
 from mixlora.data.testbed.render import Scene, place, sample_scene
 from mixlora.data.testbed.templates import CAPTION_QUESTIONS, CAPTION_TEMPLATES
 from mixlora.data.testbed.vocab import TASK_PREFIX
@@ -93,10 +93,11 @@ def stage1_records(seed: int, pool: list[Scene], n: int, prefix: str) -> list[di
     return records
 
 
-def train_records(seed: int, pool: list[Scene], per_task: int, prefix: str) -> list[dict]:
-    """``per_task`` records per task, task after task, templates round-robin, images from the shared pool."""
+def train_records(seed: int, pool: list[Scene], per_task: int, prefix: str, tasks: tuple[Task, ...]) -> list[dict]:
+    """``per_task`` records per task, task after task, templates round-robin, images from the shared pool.
+    Each task draws from its own stream, so a task's records do not depend on which other tasks are built."""
     records = []
-    for task in TASKS:
+    for task in tasks:
         rng = rng_for(seed, f"train/{task.name}")
         for k, i in enumerate(pick(rng, len(pool), per_task)):
             instance = task.draw(pool[i].attributes, k, rng)
@@ -107,12 +108,13 @@ def train_records(seed: int, pool: list[Scene], per_task: int, prefix: str) -> l
     return records
 
 
-def test_records(seed: int, pool: list[Scene], per_task: int, image_prefix: str) -> tuple[list[dict], list[dict]]:
+def test_records(seed: int, pool: list[Scene], per_task: int, image_prefix: str,
+                 tasks: tuple[Task, ...]) -> tuple[list[dict], list[dict]]:
     """The ``seen`` and ``unseen`` splits: the same instances (image, named value, target) line by line,
     phrased with the training templates and the unseen templates respectively (both round-robin).
     ``image_prefix`` is the image folder relative to a split's folder."""
     seen, unseen = [], []
-    for task in TASKS:
+    for task in tasks:
         rng = rng_for(seed, f"test/{task.name}")
         for k, i in enumerate(pick(rng, len(pool), per_task)):
             instance = task.draw(pool[i].attributes, k, rng)

@@ -18,7 +18,7 @@ Geometry (``S`` = image size in pixels, even, 32 <= S <= 512; 64 by default):
 from __future__ import annotations
 
 TASK_PREFIX = "testbed"  # task_name = "testbed+<family>_<kind>", Vision-Flan's "dataset+task" style
-VERSION = "testbed-1"  # bump whenever the same arguments would produce different files
+VERSION = "testbed-2"  # bump whenever the same arguments would produce different files
 
 BACKGROUND: tuple[int, int, int] = (90, 90, 90)
 
