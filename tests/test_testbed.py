@@ -170,3 +170,39 @@ def test_demo_recipe_at_reduced_size_writes_the_report_and_resumes(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in records]
     assert run_table(out, data, plan, budget, tasks, say=lambda _: None) == []  # resumed: nothing retrained
     assert [p.stat().st_mtime_ns for p in records] == stamps
+
+
+def test_calibration_script_trains_a_base_and_one_row_and_logs_per_task_accuracy(tmp_path):
+    """scripts/testbed_calibrate.py at a tiny size: trains the base, then full fine-tuning on two tasks; the
+    logged means are recomputed here from the scorer's per-task counts."""
+    import importlib.util
+
+    from mixlora.data.testbed import make_testbed
+
+    spec = importlib.util.spec_from_file_location("testbed_calibrate", ROOT / "scripts" / "testbed_calibrate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_testbed(data, train_images=40, test_images=24, train_per_task=8, test_per_task=3, stage1_size=24,
+                 progress=False)
+    args = ["probe", "--data", str(data), "--out", str(out), "--stage1", "2", "--stage1-batch", "4", "--steps", "2",
+            "--batch", "4", "--eval-per-task", "3", "--tasks", "colour_name,position_flip"]
+    assert script.main(args) == 0
+    record = json.loads((out / "calibration.jsonl").read_text().splitlines()[-1])
+    assert record["steps"] == 2 and record["row"] == "full_ft" and set(record["seen_tasks"]) == {"colour_name",
+                                                                                               "position_flip"}
+    run = out / "runs" / "probe_s0"
+    assert "data.tasks=['testbed+colour_name','testbed+position_flip']" in json.loads((run / RECORD).read_text())[
+        "overrides"]
+    for split in SPLITS:
+        # The scorer's raw counts (the scorer itself is tested against the official rules elsewhere).
+        per_task = json.loads((run / "eval" / split / "metrics.json").read_text())["scores"]["per_task"]
+        expected = {t: 100 * per_task[f"testbed+{t}"]["correct"] / per_task[f"testbed+{t}"]["count"]
+                    for t in ("colour_name", "position_flip")}
+        assert all(per_task[f"testbed+{t}"]["count"] == 3 for t in expected)
+        assert record[f"{split}_tasks"] == pytest.approx(expected)
+        assert record[split] == pytest.approx(round(sum(expected.values()) / 2, 1))
+    # No base, no --stage1: a clear error (argparse exit 2) instead of a crash.
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["again", "--data", str(data), "--out", str(tmp_path / "empty")])
+    assert exit_info.value.code == 2
