@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Collect Table 2 runs (seen-task accuracy, scored by scripts/table2.sh) into one table beside the paper's numbers.
+"""Collect Table 2 runs (seen-task accuracy, scored by `python -m mixlora.tables table2`) into one table beside the
+paper's numbers.
 
     python scripts/table2_aggregate.py RUN_DIR [RUN_DIR ...] --out results/table2
 
@@ -23,8 +24,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEN = {"scienceqa": "ScienceQA", "coco": "COCO", "fairface": "FairFace", "inaturalist": "iNaturalist",
-        "stvqa": "ST-VQA", "pacs": "PACS"}
+if str(ROOT) not in sys.path:  # run as a file without an installed package
+    sys.path.insert(0, str(ROOT))
+
+from mixlora.tables.rows import SEEN_TASKS  # noqa: E402
+
+SEEN = {key: task.column for key, task in SEEN_TASKS.items()}  # key -> its column in results/paper/table2.csv
 PAPER_STACK = "build_pretrained_llava"
 
 
@@ -37,7 +42,7 @@ def read_run(run: Path) -> dict:
     """{method, E, r, variant, specialist, paper_stack, scores{key: accuracy}, run} of one evaluated run."""
     metrics_file = run / "seen" / "eval" / "metrics.json"
     if not metrics_file.is_file():
-        fail(f"{run} has no seen/eval/metrics.json: score it on the seen tasks first (scripts/table2.sh, or "
+        fail(f"{run} has no seen/eval/metrics.json: score it on the seen tasks first (python -m mixlora.tables table2, or "
              f"python eval.py run={run} output_dir={run}/seen tasks=[seen_...] +task.seen_...)")
     if not (run / "config.yaml").is_file():
         fail(f"{run} has no config.yaml: it is not a train.py run directory")

@@ -1,15 +1,17 @@
-"""The paper's tables as experiments: configs/experiment/{t1,t1c,cfs,routing,t2}_*.yaml, the data task filter that
-the Table 2 specialists use, and the scripts that run whole tables (scripts/table*.sh, scripts/sweep.sh).
+"""The paper's tables as experiments: the row table (mixlora/tables/rows.py), the configs generated from it
+(configs/experiment/{t1,t1c,cfs,routing,t2}_*.yaml), the data task filter that the Table 2 specialists use, and the
+table runner (`python -m mixlora.tables`) with its wrappers (scripts/table*.sh, scripts/sweep.sh).
 
-References are independent of the configs under test: the expected adapter of every paper row is written here
-from the row's labels (LoRA alpha = 2r; released MixLoRA = official-code.md checklist A with alpha = 2E; the
-corrected variant = checklist B at the same alpha), the expected rows of every script are listed here, and sample
-counts and averages are computed by hand.
+The rows come from the row table, but the references are independent of it and of the configs under test: the
+expected adapter of every row is computed here from the row's labels (LoRA alpha = 2r; released MixLoRA with
+alpha = 2E; the corrected variant at the same alpha), each row's name is checked against its labels, each table's
+rows against the paper's layout, and sample counts and averages are computed by hand.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -25,6 +27,7 @@ import pytest
 import yaml
 
 from mixlora import AdapterConfig
+from mixlora.tables.rows import ROWS, TABLES
 from mixlora.train import ConfigError, compose_config, run
 from mixlora.train.data import select_tasks
 from mixlora.train.settings import DataSettings
@@ -37,7 +40,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs/experiment").glob("*.yaml"
 TINY = ["model=tiny", "data=synthetic", "trainer=single"]
 FACTORS_RANKS = [(E, r) for r in (2, 4, 8) for E in (16, 32)]
 
-# Vision-Flan task names of the six seen tasks (paper.md §1; the released code's commented-out `target_tasks` in
+# Vision-Flan task names of the six seen tasks (the released code's commented-out `target_tasks` in
 # llava_trainer.py). It names no COCO task (that slot holds cinic-10), so the COCO specialist takes every coco+ task.
 SEEN = {"scienceqa": ("ScienceQA", "scienceqa+question_answering"), "coco": ("COCO", "coco+*"),
         "fairface": ("FairFace", "fairface+image_classification_age"),
@@ -63,27 +66,43 @@ def corrected(E: int, r: int, **changes) -> AdapterConfig:
     return AdapterConfig(**{**values, **changes})
 
 
+def expected_adapter(row) -> AdapterConfig:
+    """The adapter a row's labels describe. Task routing of the released variant decodes with the prefill selection
+    (a token routed alone would route on itself, not on the definition; train.py and eval.py refuse per-step)."""
+    if row.method == "lora":
+        return lora(row.r)
+    changes = {}
+    if not row.cfs:
+        changes["cfs"] = "none"
+    if row.routing != "instance":
+        changes["routing_source"] = row.routing
+    if row.routing == "task" and row.variant == "released":
+        changes["decode_routing"] = "prefill"
+    return {"released": released, "corrected": corrected}[row.variant](row.E, row.r, **changes)
+
+
+def expected_name(row) -> str:
+    """The experiment name that a row's labels spell (the naming the configs, docs and scripts use)."""
+    if row.seen is not None:
+        return f"t2_lora_specialist_r{row.r}_{row.seen}"
+    if row.method == "lora":
+        return f"t1_lora_r{row.r}"
+    c = "c_" if row.variant == "corrected" else ""
+    if not row.cfs:
+        return f"cfs_{c}ifs_e{row.E}_r{row.r}"
+    if row.routing != "instance":
+        return f"routing_{c}{row.routing}_e{row.E}_r{row.r}"
+    return f"t1{c.rstrip('_')}_mixlora_e{row.E}_r{row.r}"
+
+
 # Every paper-stack experiment: name -> (adapter, data.tasks). paper_base trains the default adapter (corrected
-# MixLoRA, E16/r4, alpha = 2r). Task routing of the released variant decodes with the prefill selection (a token
-# routed alone would route on itself, not on the definition; train.py and eval.py refuse per-step there).
+# MixLoRA, E16/r4, alpha = 2r).
 EXPECTED: dict[str, tuple[AdapterConfig, list | None]] = {"paper_base": (AdapterConfig(dropout=0.05), None)}
-EXPECTED.update({f"t1_lora_r{r}": (lora(r), None) for r in (2, 4, 8, 16, 32)})
-for _E, _r in FACTORS_RANKS:
-    EXPECTED[f"t1_mixlora_e{_E}_r{_r}"] = (released(_E, _r), None)
-    EXPECTED[f"t1c_mixlora_e{_E}_r{_r}"] = (corrected(_E, _r), None)
-    EXPECTED[f"cfs_ifs_e{_E}_r{_r}"] = (released(_E, _r, cfs="none"), None)
-    EXPECTED[f"cfs_c_ifs_e{_E}_r{_r}"] = (corrected(_E, _r, cfs="none"), None)
-EXPECTED.update({
-    "routing_task_e32_r4": (released(32, 4, routing_source="task", decode_routing="prefill"), None),
-    "routing_c_task_e32_r4": (corrected(32, 4, routing_source="task"), None),
-    "routing_random_e32_r4": (released(32, 4, routing_source="random"), None),
-    "routing_c_random_e32_r4": (corrected(32, 4, routing_source="random"), None),
-})
-for _r in (4, 16):
-    for _key, (_, _pattern) in SEEN.items():
-        EXPECTED[f"t2_lora_specialist_r{_r}_{_key}"] = (lora(_r), [_pattern])
+EXPECTED.update({name: (expected_adapter(row), [SEEN[row.seen][1]] if row.seen else None)
+                 for name, row in ROWS.items()})
 TABLE_ROWS = sorted(name for name in EXPECTED if TABLE_ROW.match(name))
-TASK_ROUTED = ("routing_task_e32_r4", "routing_c_task_e32_r4")
+TASK_ROUTED = tuple(name for name, row in ROWS.items() if row.routing == "task")
+WRAPPERS = {"table1": "table1.sh", "cfs": "table_cfs.sh", "routing": "table_routing.sh", "table2": "table2.sh"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,6 +149,40 @@ def tiny(suite: Path, out: Path, name: str, *extra: str) -> list[str]:
 def test_the_table_experiments_are_exactly_the_expected_ones():
     assert sorted(n for n in EXPERIMENTS if TABLE_ROW.match(n)) == TABLE_ROWS
     assert len(TABLE_ROWS) == 5 + 6 + 6 + 6 + 6 + 4 + 12  # LoRA, t1, t1c, cfs, cfs_c, routing x4, specialists
+    assert TASK_ROUTED == ("routing_task_e32_r4", "routing_c_task_e32_r4")
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_every_row_is_named_after_its_labels(name):
+    assert expected_name(ROWS[name]) == name
+
+
+def test_each_table_holds_its_paper_rows_in_the_paper_order():
+    label = lambda n: dataclasses.astuple(ROWS[n])[1:]  # noqa: E731  (method, variant, E, r, alpha, cfs, routing, seen)
+    t1 = TABLES["table1"].rows
+    assert [label(n) for n in t1] == (
+        [("lora", None, None, r, "2r", True, "instance", None) for r in (2, 4, 8, 16, 32)]
+        + [("mixlora", v, E, r, "2E", True, "instance", None) for v in ("released", "corrected")
+           for E, r in FACTORS_RANKS])
+    # each IFS-only row next to the Table 1 row it is compared with: the same row with CFS
+    cfs = TABLES["cfs"].rows
+    pairs = list(zip(cfs[::2], cfs[1::2]))
+    assert [(ROWS[a].variant, ROWS[a].E, ROWS[a].r, ROWS[a].cfs) for a, _ in pairs] == [
+        (v, E, r, False) for v in ("released", "corrected") for E, r in FACTORS_RANKS]
+    assert all(dataclasses.replace(ROWS[a], name=b, cfs=True) == ROWS[b] and b in t1 for a, b in pairs)
+    routing = TABLES["routing"].rows
+    assert [(ROWS[n].variant, ROWS[n].routing, ROWS[n].E, ROWS[n].r, ROWS[n].cfs) for n in routing] == [
+        (v, source, 32, 4, True) for v in ("released", "corrected") for source in ("instance", "task", "random")]
+    assert [n for n in routing if ROWS[n].routing == "instance"] == ["t1_mixlora_e32_r4", "t1c_mixlora_e32_r4"]
+    t2 = TABLES["table2"].rows
+    assert [(ROWS[n].method, ROWS[n].r, ROWS[n].seen) for n in t2[:12]] == [
+        ("lora", r, key) for r in (4, 16) for key in SEEN]
+    assert [label(n) for n in t2[12:]] == [("lora", None, None, 4, "2r", True, "instance", None),
+                                          ("lora", None, None, 16, "2r", True, "instance", None),
+                                          ("mixlora", "released", 16, 4, "2E", True, "instance", None),
+                                          ("mixlora", "corrected", 16, 4, "2E", True, "instance", None)]
+    assert set(t2[12:]) <= set(t1)  # Table 2's multi-task rows are Table 1's models
+    assert set(ROWS) == set(t1) | set(cfs) | set(routing) | set(t2)  # every row is in some table
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -142,7 +195,8 @@ def test_paper_experiments_compose_to_the_released_settings(name):
     assert (t.global_batch_size, t.micro_batch_size, t.gradient_checkpointing, t.save_every) == (128, 16, True, 477)
     assert cfg.seed == 42 and cfg.data.template == "vicuna_v1" and cfg.data.max_length == 1792 + 255
     assert paper_stack and cfg.data.annotations == "data/vision_flan/annotations.clean.json"
-    assert f"torchrun --nproc_per_node 4 train.py experiment={name}" in header(name)
+    if name in ROWS:  # the launch command lives in docs/reproduce.md, which the generated header points to
+        assert "docs/reproduce.md" in header(name) and "torchrun" not in header(name)
     assert (adapter, tasks) == EXPECTED[name]
     definitions = cfg.data.get("task_definitions")
     assert definitions == ("data/vision_flan/task_definitions.json" if name in TASK_ROUTED else None)
@@ -152,8 +206,8 @@ def test_paper_experiments_compose_to_the_released_settings(name):
 
 
 def paper_rows():
-    """(source, label, [(adapter, data.tasks) of each variant], numbers its config header must name) for every row
-    of results/paper/*.csv that a training run reproduces."""
+    """(source, label, [(adapter, data.tasks) of each variant], numbers the row's table listing must name) for
+    every row of results/paper/*.csv that a training run reproduces."""
     out, skipped = [], []
     for p in csv.DictReader(open(PAPER / "table1.csv")):
         numbers = [p[c] for c in ("MME", "TextVQA", "VSR", "SNLI-VE", "CIFAR-10", "CIFAR-100", "MNIST", "POPE", "MMAvg")]
@@ -194,14 +248,35 @@ def paper_rows():
     return out
 
 
+SOURCE_TABLE = {"table1": "table1", "cfs_ablation": "cfs", "routing_ablation": "routing", "table2": "table2"}
+
+
+@functools.lru_cache(maxsize=None)
+def listed(key: str) -> dict[str, str]:
+    """{row: its lines} of `python -m mixlora.tables KEY --list` (a row's first line starts at column 2)."""
+    proc = tables(key, "--list")
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines()[1:]:
+        if line[2] != " ":
+            name = line.split()[0]
+            out[name] = ""
+        out[name] += line + "\n"
+    return out
+
+
 @pytest.mark.parametrize("source,label,variants,numbers", paper_rows(),
                          ids=[f"{s}:{l}" for s, l, _, _ in paper_rows()])
-def test_every_paper_row_has_exactly_one_config_naming_its_numbers(source, label, variants, numbers):
+def test_every_paper_row_has_exactly_one_config_and_its_table_lists_its_numbers(source, label, variants, numbers):
     for adapter, tasks in variants:
         hits = [n for n in EXPERIMENTS if composed(n)[3] and composed(n)[1:3] == (adapter, tasks)]
         assert len(hits) == 1, f"{source} {label}: {len(hits)} configs compose to {adapter} tasks={tasks}: {hits}"
-        missing = [x for x in numbers if not mentions(header(hits[0]), x)]
-        assert not missing, f"{hits[0]}.yaml header does not name the paper's {missing} ({source} {label})"
+        listing = listed(SOURCE_TABLE[source]).get(hits[0], "")
+        missing = [x for x in numbers if not mentions(listing, x)]
+        assert not missing, f"`{SOURCE_TABLE[source]} --list` does not name the paper's {missing} for {hits[0]}"
+        # The numbers live in results/paper/*.csv only, not in the experiment file.
+        text = (ROOT / f"configs/experiment/{hits[0]}.yaml").read_text()
+        assert not [x for x in numbers if mentions(text, x)], f"{hits[0]}.yaml repeats the paper's numbers"
 
 
 @pytest.mark.parametrize("name", TABLE_ROWS)
@@ -212,7 +287,7 @@ def test_every_table_row_passes_preflight_on_the_tiny_stack(name, suite, tmp_pat
 
 
 # One real run per kind of row (the widest E and r of each), on the tiny stack; every row trains in the slow
-# end-to-end test of the table scripts below.
+# end-to-end test of the table runner below.
 REPRESENTATIVES = ["t1_lora_r32", "t1_mixlora_e32_r8", "t1c_mixlora_e32_r8", "cfs_ifs_e32_r8", "cfs_c_ifs_e32_r8",
                    "routing_random_e32_r4", "routing_c_random_e32_r4", *TASK_ROUTED, "t2_lora_specialist_r16_coco"]
 
@@ -267,41 +342,37 @@ def test_a_task_pattern_matching_nothing_stops_training_with_the_task_names(suit
                                 "trainer.max_steps=1")))
 
 
-# ---------------------------------------------------------------------------------------------- table scripts
-def rows(prefix: str, settings) -> list[str]:
-    return [prefix.format(E=E, r=r) for E, r in settings]
-
-
-SCRIPT_ROWS = {
-    "table1.sh": [f"t1_lora_r{r}" for r in (2, 4, 8, 16, 32)] + rows("t1_mixlora_e{E}_r{r}", FACTORS_RANKS)
-    + rows("t1c_mixlora_e{E}_r{r}", FACTORS_RANKS),
-    # each IFS-only row next to the IFS+CFS row it is compared with
-    "table_cfs.sh": [x for E, r in FACTORS_RANKS for x in (f"cfs_ifs_e{E}_r{r}", f"t1_mixlora_e{E}_r{r}")]
-    + [x for E, r in FACTORS_RANKS for x in (f"cfs_c_ifs_e{E}_r{r}", f"t1c_mixlora_e{E}_r{r}")],
-    "table_routing.sh": ["t1_mixlora_e32_r4", "routing_task_e32_r4", "routing_random_e32_r4", "t1c_mixlora_e32_r4",
-                         "routing_c_task_e32_r4", "routing_c_random_e32_r4"],
-    "table2.sh": [f"t2_lora_specialist_r{r}_{k}" for r in (4, 16) for k in SEEN]
-    + ["t1_lora_r4", "t1_lora_r16", "t1_mixlora_e16_r4", "t1c_mixlora_e16_r4"],
-}
-RESULTS_NAME = {"table1.sh": "table1", "table_cfs.sh": "table_cfs", "table_routing.sh": "table_routing",
-                "table2.sh": "table2"}
-
-
-# The scripts' environment settings: taken only from a test's `env`, never from the shell running pytest.
+# ---------------------------------------------------------------------------------------------- table runner
+# The environment settings of the runner's wrappers: taken only from a test's `env`, never from the shell running
+# pytest.
 SCRIPT_SETTINGS = ("ROWS", "DRY_RUN", "NPROC", "KEEP_GOING", "RESULTS", "TORCHRUN", "SEEN_EVAL", "SEEN_TASKS",
-                   "TASK_DEFINITIONS", "FACTORS", "RANKS", "LORA_RANKS", "VARIANTS", "ALPHA", "BASE", "LAUNCHER", "EVAL")
+                   "TASK_DEFINITIONS", "FACTORS", "RANKS", "LORA_RANKS", "VARIANTS", "ALPHA", "BASE", "LAUNCHER",
+                   "EVAL", "EVAL_DEVICE")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRIPT_SETTINGS}
+    env.update(extra)
+    return env
 
 
 def script(name: str, *args, env: dict | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
-    """Run scripts/<name> from the repository root with the test's Python, eval on the CPU."""
-    full = {k: v for k, v in os.environ.items() if k not in SCRIPT_SETTINGS}
-    full.update(PY=sys.executable, EVAL_DEVICE="cpu", **(env or {}))
+    """Run the wrapper scripts/<name> from the repository root with the test's Python, eval on the CPU."""
     return subprocess.run(["bash", str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True,
-                          env=full, cwd=ROOT, timeout=timeout)
+                          env=clean_env(PY=sys.executable, EVAL_DEVICE="cpu", **(env or {})), cwd=ROOT,
+                          timeout=timeout)
+
+
+def tables(*args, timeout: int = 60, cwd: Path = ROOT, eval_device: str | None = "cpu") -> subprocess.CompletedProcess:
+    """Run `python -m mixlora.tables ARGS`, with `--eval-device EVAL_DEVICE` unless that is None."""
+    device = [] if eval_device is None or "--list" in args else ["--eval-device", eval_device]
+    argv = [str(args[0]), *device, *map(str, args[1:])]  # before any `--`, after which all are eval overrides
+    return subprocess.run([sys.executable, "-m", "mixlora.tables", *argv], capture_output=True, text=True,
+                          env=clean_env(), cwd=cwd, timeout=timeout)
 
 
 def commands(stdout: str) -> list[tuple[str, str, list[str]]]:
-    """(row or "", kind, argv) of every command a script printed ("[row] train: ...", "aggregate: ...")."""
+    """(row or "", kind, argv) of every command the runner printed ("[row] train: ...", "aggregate: ...")."""
     out = []
     for line in stdout.splitlines():
         m = re.match(r"^(?:\[(?P<row>[\w.]+)\] )?(?P<kind>train|eval|aggregate)[^:]*: (?P<cmd>.*)$", line)
@@ -316,15 +387,16 @@ def seen_eval(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", sorted(SCRIPT_ROWS))
-def test_table_script_dry_run_prints_one_train_and_one_eval_per_row(name, tmp_path):
+@pytest.mark.parametrize("key", sorted(WRAPPERS))
+def test_table_script_dry_run_prints_one_train_and_one_eval_per_row(key, tmp_path):
+    # through each wrapper once: its environment settings reach the runner
     env = {"DRY_RUN": "1", "NPROC": "2", "RESULTS": str(tmp_path / "results"),
            "SEEN_EVAL": str(seen_eval(tmp_path))}
-    proc = script(name, tmp_path / "out", "model.paths.llm=/ckpt/llm", "trainer.max_steps=3", "--", "limit=2",
-                  "task.mme.path=/data/mme", env=env)
+    proc = script(WRAPPERS[key], tmp_path / "out", "model.paths.llm=/ckpt/llm", "trainer.max_steps=3", "--",
+                  "limit=2", "task.mme.path=/data/mme", env=env)
     assert proc.returncode == 0, proc.stderr
     cmds = commands(proc.stdout)
-    expected = SCRIPT_ROWS[name]
+    expected = list(TABLES[key].rows)
     assert [row for row, kind, _ in cmds if kind == "train"] == expected  # every row once, in the table's order
     assert [row for row, kind, _ in cmds if kind == "eval"] == expected
     for row, kind, argv in cmds:
@@ -336,21 +408,20 @@ def test_table_script_dry_run_prints_one_train_and_one_eval_per_row(name, tmp_pa
             assert "limit=2" not in argv
         elif kind == "eval":
             assert argv[:4] == [sys.executable, "eval.py", f"run={tmp_path / 'out' / row}", "device=cpu"]
-            assert argv[-2:] == ["limit=2", "task.mme.path=/data/mme"]  # after the script's own, so they win
+            assert argv[-2:] == ["limit=2", "task.mme.path=/data/mme"]  # after the table's own, so they win
             assert "trainer.max_steps=3" not in argv
     aggregate = [argv for _, kind, argv in cmds if kind == "aggregate"]
-    tool = "scripts/table2_aggregate.py" if name == "table2.sh" else "scripts/aggregate.py"
+    tool = "scripts/table2_aggregate.py" if key == "table2" else "scripts/aggregate.py"
     assert aggregate == [[sys.executable, tool, *[str(tmp_path / "out" / r) for r in expected],
                           "--out", str(tmp_path / "results")]]
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
-def test_table_script_rows_filter_single_trainer_and_finished_runs(tmp_path):
+def test_table_runner_rows_filter_single_trainer_and_finished_runs(tmp_path):
     finished = tmp_path / "out/t1_lora_r4"
     finished.mkdir(parents=True)
     (finished / "run.json").write_text(json.dumps({"format": "mixlora-run/1", "status": "finished"}, indent=2))
-    proc = script("table1.sh", tmp_path / "out", "trainer=single",
-                  env={"DRY_RUN": "1", "ROWS": "t1_lora_r4, t1c_*_r8"})
+    proc = tables("table1", tmp_path / "out", "trainer=single", "--dry-run", "--rows", "t1_lora_r4, t1c_*_r8")
     assert proc.returncode == 0, proc.stderr
     cmds = commands(proc.stdout)
     assert [(row, kind) for row, kind, _ in cmds if kind != "aggregate"] == [
@@ -359,18 +430,39 @@ def test_table_script_rows_filter_single_trainer_and_finished_runs(tmp_path):
     assert "[t1_lora_r4] train: skipped" in proc.stdout  # finished: evaluated, not trained again
     train = next(argv for _, kind, argv in cmds if kind == "train")
     assert train[:2] == [sys.executable, "train.py"]  # trainer=single: one plain process, no torchrun
-    bad = script("table1.sh", tmp_path / "out", env={"DRY_RUN": "1", "ROWS": "t1_lora_r4 t9_*"})
-    assert bad.returncode == 2 and "ROWS: 't9_*' matches no row of table1" in bad.stderr, bad.stderr
+    # --rows may be repeated; options may come between the overrides
+    both = tables("table1", tmp_path / "out", "--rows", "t1c_*_r8", "trainer=single", "--dry-run", "--rows",
+                  "t1_lora_r4", "--", "limit=1")
+    assert both.returncode == 0, both.stderr
+    assert commands(both.stdout) == [(r, k, [*a, "limit=1"] if k == "eval" else a) for r, k, a in cmds]
+    bad = tables("table1", tmp_path / "out", "--dry-run", "--rows", "t1_lora_r4 t9_*")
+    assert bad.returncode == 2 and "--rows: 't9_*' matches no row of table1" in bad.stderr, bad.stderr
+    no_out = tables("table1", "model=tiny", "--dry-run")
+    assert no_out.returncode == 2 and "the first argument must be OUT" in no_out.stderr
+    bad_nproc = tables("table1", tmp_path / "out", "--dry-run", "--nproc", "four")
+    assert bad_nproc.returncode == 2 and "--nproc must be a positive integer" in bad_nproc.stderr
+
+
+def test_wrappers_read_their_settings_from_the_environment_and_refuse_bad_ones(tmp_path):
+    proc = script("table1.sh", tmp_path / "out", "trainer=single", env={"DRY_RUN": "1", "ROWS": "t1_lora_r4"})
+    assert proc.returncode == 0 and [r for r, k, _ in commands(proc.stdout) if k == "train"] == ["t1_lora_r4"]
+    for env, message in [({"ROWS": "t1_lora_r4 t9_*"}, "ROWS: 't9_*' matches no row of table1"),
+                         ({"NPROC": "four"}, "NPROC must be a positive integer"),
+                         ({"KEEP_GOING": "yes"}, "KEEP_GOING must be 0 or 1, got 'yes'"),
+                         ({"LAUNCHER": "pbs"}, "LAUNCHER must be one of local, submitit_local, slurm")]:
+        bad = script("table1.sh", tmp_path / "out", env={"DRY_RUN": "1", **env})
+        assert bad.returncode == 2 and message in bad.stderr, (env, bad.stderr)
     no_out = script("table1.sh", "model=tiny", env={"DRY_RUN": "1"})
     assert no_out.returncode == 2 and "the first argument must be OUT" in no_out.stderr
-    bad_nproc = script("table1.sh", tmp_path / "out", env={"DRY_RUN": "1", "NPROC": "four"})
-    assert bad_nproc.returncode == 2 and "NPROC must be a positive integer" in bad_nproc.stderr
+    # an option on the command line wins over the environment
+    proc = script("table1.sh", tmp_path / "out", "--rows", "t1_lora_r2", env={"DRY_RUN": "1", "ROWS": "t9_*"})
+    assert proc.returncode == 0 and [r for r, k, _ in commands(proc.stdout) if k == "eval"] == ["t1_lora_r2"]
 
 
 def test_table2_dry_run_scores_each_specialist_on_its_own_task(tmp_path):
-    env = {"DRY_RUN": "1", "SEEN_EVAL": str(seen_eval(tmp_path)), "ROWS": "t2_lora_specialist_r4_pacs t1_lora_r16",
-           "SEEN_TASKS": "pacs=SynthScenes+*,SynthShapes+color_name"}
-    proc = script("table2.sh", tmp_path / "out", env=env)
+    args = ["table2", tmp_path / "out", "--dry-run", "--seen-eval", seen_eval(tmp_path), "--rows",
+            "t2_lora_specialist_r4_pacs t1_lora_r16"]
+    proc = tables(*args, "--seen-tasks", "pacs=SynthScenes+*,SynthShapes+color_name")
     assert proc.returncode == 0, proc.stderr
     cmds = {(row, kind): argv for row, kind, argv in commands(proc.stdout)}
     spec_train = cmds[("t2_lora_specialist_r4_pacs", "train")]
@@ -382,19 +474,27 @@ def test_table2_dry_run_scores_each_specialist_on_its_own_task(tmp_path):
     assert f"output_dir={tmp_path}/out/t2_lora_specialist_r4_pacs/seen" in spec_eval  # not over Table 1's eval/
     multi_eval = cmds[("t1_lora_r16", "eval")]
     assert f"tasks=[{','.join('seen_' + k for k in SEEN)}]" in multi_eval
-    missing = script("table2.sh", tmp_path / "out", env={"DRY_RUN": "1", "SEEN_EVAL": ""})
-    assert missing.returncode == 2 and "SEEN_EVAL is not set" in missing.stderr
-    bad_key = script("table2.sh", tmp_path / "out", env={**env, "SEEN_TASKS": "vqa=x"})
-    assert bad_key.returncode == 2 and "SEEN_TASKS key 'vqa' is not a seen task" in bad_key.stderr
+    missing = tables("table2", tmp_path / "out", "--dry-run")
+    assert missing.returncode == 2 and "--seen-eval is not set" in missing.stderr
+    (tmp_path / "coco.jsonl").unlink()  # the specialist needs pacs.jsonl only, the multi-task row all six
+    no_coco = tables(*args)
+    assert no_coco.returncode == 2 and "has no coco.jsonl" in no_coco.stderr
+    assert tables(*args[:-1], "t2_lora_specialist_r4_pacs").returncode == 0
+    bad_key = tables(*args[:-1], "t2_lora_specialist_r4_pacs", "--seen-tasks", "vqa=x")
+    assert bad_key.returncode == 2 and "--seen-tasks key 'vqa' is not a seen task" in bad_key.stderr
+    through_env = script("table2.sh", tmp_path / "out", env={"DRY_RUN": "1", "SEEN_EVAL": ""})
+    assert through_env.returncode == 2 and "SEEN_EVAL is not set" in through_env.stderr
 
 
-def test_routing_script_gives_task_definitions_to_the_task_rows_only(tmp_path):
-    proc = script("table_routing.sh", tmp_path / "out",
-                  env={"DRY_RUN": "1", "TASK_DEFINITIONS": str(tmp_path / "defs.json")})
+def test_routing_runner_gives_task_definitions_to_the_task_rows_only(tmp_path):
+    proc = tables("routing", tmp_path / "out", "--dry-run", "--task-definitions", tmp_path / "defs.json")
     assert proc.returncode == 0, proc.stderr
     with_defs = sorted(row for row, kind, argv in commands(proc.stdout)
                        if kind == "train" and f"data.task_definitions={tmp_path / 'defs.json'}" in argv)
     assert with_defs == ["routing_c_task_e32_r4", "routing_task_e32_r4"]
+    # only the routing table has task-routed rows, so only it takes the option
+    other = tables("table1", tmp_path / "out", "--dry-run", "--task-definitions", tmp_path / "defs.json")
+    assert other.returncode == 2 and "unrecognized arguments: --task-definitions" in other.stderr
 
 
 def test_sweep_dry_run_builds_the_grid_and_the_slurm_variant(tmp_path):
@@ -424,6 +524,13 @@ def test_sweep_dry_run_builds_the_grid_and_the_slurm_variant(tmp_path):
                          ({"VARIANTS": "dense"}, "'dense' is not one of"), ({"LAUNCHER": "pbs"}, "LAUNCHER must")]:
         proc = script("sweep.sh", tmp_path / "sw", env={"DRY_RUN": "1", **bad})
         assert proc.returncode == 2 and message in proc.stderr, (bad, proc.stderr)
+    # The default grid is Table 1's: E in {16, 32}, r in {2, 4, 8}, LoRA r in {2, ..., 32}.
+    default = tables("sweep", tmp_path / "sw", "--dry-run", "--variants", "released,lora")
+    mix, lora_grid = [argv for _, kind, argv in commands(default.stdout) if kind == "train"]
+    assert mix[6:9] == ["adapter=mixlora_released", "adapter.num_factors=16,32", "adapter.rank=2,4,8"]
+    assert lora_grid[6:8] == ["adapter=lora", "adapter.rank=2,4,8,16,32"]
+    bad = tables("sweep", tmp_path / "sw", "--dry-run", "--alpha", "E")
+    assert bad.returncode == 2 and "--alpha must be 2E" in bad.stderr
 
 
 def local_overrides(suite: Path) -> list[str]:
@@ -437,9 +544,9 @@ def tiny_eval(suite: Path) -> list[str]:
     return ["--", "tasks=[pope]", "limit=1", f"data_root={suite}", "progress=false"]
 
 
-def test_one_row_runs_end_to_end_through_a_table_script(suite, tmp_path):
-    proc = script("table1.sh", tmp_path / "out", *local_overrides(suite), *tiny_eval(suite),
-                  env={"ROWS": "t1_lora_r2", "RESULTS": str(tmp_path / "results")}, timeout=300)
+def test_one_row_runs_end_to_end_through_the_table_runner(suite, tmp_path):
+    proc = tables("table1", tmp_path / "out", "--rows", "t1_lora_r2", "--results", tmp_path / "results",
+                  *local_overrides(suite), *tiny_eval(suite), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "out/t1_lora_r2"
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 1
@@ -502,7 +609,7 @@ def test_table2_aggregate_merges_specialists_and_averages_six_tasks(tmp_path):
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def shared_out(tmp_path_factory):
-    """One OUT for all table scripts, as docs/reproduce.md recommends: rows two tables share train once."""
+    """One OUT for all tables, as docs/reproduce.md recommends: rows two tables share train once."""
     return tmp_path_factory.mktemp("tables")
 
 
@@ -512,12 +619,14 @@ def check_rows(out: Path, rows_run: list[str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["table1.sh", "table_cfs.sh", "table_routing.sh"])
-def test_table_script_runs_every_row_end_to_end_on_the_tiny_stack(name, suite, shared_out, tmp_path):
-    env = {"RESULTS": str(tmp_path / "results"), "TASK_DEFINITIONS": str(suite / "task_definitions.json")}
-    proc = script(name, shared_out, *local_overrides(suite), *tiny_eval(suite), env=env, timeout=3000)
+@pytest.mark.parametrize("key", ["table1", "cfs", "routing"])
+def test_table_runner_runs_every_row_end_to_end_on_the_tiny_stack(key, suite, shared_out, tmp_path):
+    options = ["--results", tmp_path / "results"]
+    if key == "routing":
+        options += ["--task-definitions", suite / "task_definitions.json"]
+    proc = tables(key, shared_out, *options, *local_overrides(suite), *tiny_eval(suite), timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    expected = SCRIPT_ROWS[name]
+    expected = list(TABLES[key].rows)
     check_rows(shared_out, expected)
     with open(tmp_path / "results/results.csv") as f:
         table = {r["run"]: r for r in csv.DictReader(f)}
@@ -535,7 +644,7 @@ def test_table_script_runs_every_row_end_to_end_on_the_tiny_stack(name, suite, s
 
 
 @pytest.mark.slow
-def test_table2_script_runs_every_row_end_to_end_on_the_tiny_stack(suite, shared_out, tmp_path):
+def test_table2_runner_runs_every_row_end_to_end_on_the_tiny_stack(suite, shared_out, tmp_path):
     # Seen tasks of the synthetic suite standing in for the six Vision-Flan ones; their held-out sets here are
     # the training records in the released evaluation format (a smoke run: the numbers mean nothing).
     stand_in = {"scienceqa": "SynthGlyphs+arithmetic", "coco": "SynthCaptions+caption_matching",
@@ -550,12 +659,11 @@ def test_table2_script_runs_every_row_end_to_end_on_the_tiny_stack(suite, shared
             "image_path": str(suite / "images" / r["image"])})
             for i, r in enumerate(x for x in records if x["task_name"] == task)]
         (seen / f"{key}.jsonl").write_text("\n".join(lines) + "\n")
-    env = {"RESULTS": str(tmp_path / "results"), "SEEN_EVAL": str(seen),
-           "SEEN_TASKS": " ".join(f"{k}={t}" for k, t in stand_in.items())}
-    proc = script("table2.sh", shared_out, *local_overrides(suite), "--", "limit=1", "progress=false",
-                  env=env, timeout=3000)
+    seen_tasks = [f"--seen-tasks={k}={t}" for k, t in stand_in.items()]
+    proc = tables("table2", shared_out, "--results", tmp_path / "results", "--seen-eval", seen, *seen_tasks,
+                  *local_overrides(suite), "--", "limit=1", "progress=false", timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    check_rows(shared_out, SCRIPT_ROWS["table2.sh"])
+    check_rows(shared_out, list(TABLES["table2"].rows))
     with open(tmp_path / "results/results.csv") as f:
         table = list(csv.DictReader(f))
     assert [(r["method"], r["r"]) for r in table] == [("LoRA_Specialist", "4"), ("LoRA_Specialist", "16"),
