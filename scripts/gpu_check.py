@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# One file on purpose: sections a-d are one prepared device run sharing its timing, memory and report helpers.
 """One prepared GPU check: adapter layer, training, decoding and a real-weights smoke run, in one command.
 
     python scripts/gpu_check.py --device cuda --out results/bench     # an estimated ~5 min on one H200 (scripts/gpu_check.sh)

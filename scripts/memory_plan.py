@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# One file on purpose: one pipeline (rows -> meta model -> ZeRO-2/3 states -> table); ~70 lines are its docstring.
 """Trainable parameters and per-GPU model-state memory of every Table 1 row under DeepSpeed ZeRO-2 and ZeRO-3.
 
 Rows: the experiments ``configs/experiment/t1_*.yaml`` (the paper's LoRA and released-MixLoRA rows) and

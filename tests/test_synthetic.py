@@ -1,4 +1,4 @@
-"""Tests of the synthetic task suite (mixlora/data/synthetic.py, data/make_synthetic.py).
+"""Tests of the synthetic task suite (mixlora/data/synthetic/, data/make_synthetic.py).
 
 The references are independent of the generator: the public record formats (Vision-Flan, MME release, CV-Bench,
 POPE, MixLoRA eval JSONL; docs/benchmarks.md) and the pixels themselves. Colours are identified by the nearest

@@ -1,18 +1,19 @@
 """Datasets: Vision-Flan / LLaVA instruction JSON for training, the released evaluation JSONL for generation,
 and a seeded group-by-length batch sampler.
 
-Training records (a JSON list; Vision-Flan ``annotation_191-task_1k.json``, LLaVA ``llava_v1_5_mix665k.json``)::
-
-    {"id": "vision-flan_coco+...+13368", "image": "coco+.../13368.jpg", "task_name": "coco+image_classification",
-     "conversations": [{"from": "human", "value": "Which appliance is shown?\\nOptions: (a) ...\\n<image>"},
-                       {"from": "gpt", "value": "(e) This image contains a microwave"}]}
-
-``id`` is not unique and is not used; samples are identified by ``task_name`` and ``index`` (the record's
-position in the JSON list). A record without ``image`` is text-only: it gets an all-zero image and still one
-``<image>`` (so N image positions), as the model contract requires.
+Training records (a JSON list of Vision-Flan / LLaVA records, format in :mod:`mixlora.data.records`): ``id`` is
+not unique and is not used; samples are identified by ``task_name`` and ``index`` (the record's position in the
+JSON list). A record without ``image`` is text-only: it gets an all-zero image and still one ``<image>`` (so N
+image positions), as the model contract requires.
 
 Up front (one pass over the JSON, cached by ``datasets``): records are validated, rendered with the template
 and tokenised; image files are checked for existence. Lazily (``__getitem__``): images are decoded.
+
+Modules (their names are re-exported here, so ``from mixlora.data.dataset import X`` keeps working):
+    ``mixlora.data.records``        reading and validating training records; DataError, RecordError
+    ``mixlora.data.encoding``       tokenisation, masking, the over-length policy, the tokenised rows' cache key
+    ``mixlora.data.batch_sampler``  LengthGroupedBatchSampler
+This module holds the Dataset classes: ConversationDataset, TaskDefinitionDataset, PromptDataset.
 """
 
 from __future__ import annotations
@@ -21,226 +22,31 @@ import functools
 import json
 import logging
 import multiprocessing
-import re
 from collections import Counter
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mixlora.constants import IGNORE_INDEX, IMAGE_TOKEN
+from mixlora.data.batch_sampler import LengthGroupedBatchSampler
+from mixlora.data.encoding import _OK, _TRUNCATED, OVERLONG_POLICIES, _encode_batch, _encoding_fingerprint
 from mixlora.data.images import IMAGE_ERRORS
-from mixlora.data.templates import (
-    GPT,
-    HUMAN,
-    encode_segments,
-    expand_image_tokens,
-    get_template,
-    image_token_id_of,
-    render_conversation,
-    render_prompt,
-    shift_span,
-)
+from mixlora.data.records import (CORRUPT_IMAGE, MALFORMED, MISSING_IMAGE, OVERLONG, DataError, RecordError, _where,
+                                  malformed_message, parse_record, read_annotations)
+from mixlora.data.templates import encode_segments, expand_image_tokens, get_template, image_token_id_of, \
+    render_prompt, shift_span
 from mixlora.options import check_choice
+
+__all__ = ["CORRUPT_IMAGE", "MALFORMED", "MISSING_IMAGE", "ON_ERROR", "OVERLONG", "OVERLONG_POLICIES",
+           "ConversationDataset", "DataError", "LengthGroupedBatchSampler", "PromptDataset", "RecordError",
+           "TaskDefinitionDataset", "malformed_message", "parse_record", "read_annotations"]
 
 logger = logging.getLogger(__name__)
 
-OVERLONG_POLICIES = ("truncate_answer", "skip", "error")
 ON_ERROR = ("skip", "raise")
-# Problem kinds, as counted in ``report()["skipped"]`` / ``["replaced"]``.
-MALFORMED, MISSING_IMAGE, OVERLONG, CORRUPT_IMAGE = "malformed_record", "missing_image", "overlong", "corrupt_image"
-_OK, _TRUNCATED = "ok", "truncated"
 _MAX_LISTED_PROBLEMS = 50
-
-
-class DataError(ValueError):
-    """A data problem that stops loading; the message names the file, record, task and the fix."""
-
-
-class RecordError(ValueError):
-    """A malformed record (raised by :func:`parse_record`)."""
-
-
-def parse_record(record, default_task_name: str | None = None):
-    """Validate one training record and return ``(task_name, image, turns)``.
-
-    ``image`` is the relative path or ``None`` (text-only); ``turns`` is a list of ``(role, text)``.
-    Raises :class:`RecordError` with a one-line description of the first problem found: not an object,
-    missing/empty ``task_name`` (unless ``default_task_name``), missing/empty ``conversations``, a turn without
-    ``from``/``value``, roles that do not alternate human/gpt from human to gpt, an empty answer, an
-    ``image`` that is not a non-empty string, no ``<image>`` tag although an image is given, a tag without an
-    image, more than one tag (one image per sample), or the tag outside the first human turn.
-    """
-    if not isinstance(record, dict):
-        raise RecordError(f"record is a {type(record).__name__}, expected a JSON object")
-    task_name = record.get("task_name")
-    if task_name is None:
-        if default_task_name is None:
-            raise RecordError("missing 'task_name' (Vision-Flan records name their task; pass default_task_name "
-                              "for data without task names, e.g. LLaVA-665K)")
-        task_name = default_task_name
-    if not isinstance(task_name, str) or not task_name.strip():
-        raise RecordError(f"'task_name' must be a non-empty string, got {task_name!r}")
-    conversations = record.get("conversations")
-    if not isinstance(conversations, list) or not conversations:
-        raise RecordError(f"'conversations' must be a non-empty list of turns, got {_short(conversations)}")
-    turns = []
-    for i, turn in enumerate(conversations):
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise RecordError(f"turn {i} must be an object with 'from' and 'value', got {_short(turn)}")
-        role, value = turn["from"], turn["value"]
-        expected = HUMAN if i % 2 == 0 else GPT
-        if role != expected:
-            raise RecordError(f"turn {i} has role {role!r}; expected {expected!r} (turns alternate 'human', 'gpt')")
-        if not isinstance(value, str):
-            raise RecordError(f"turn {i} 'value' must be a string, got {_short(value)}")
-        if role == GPT and not value.strip():
-            raise RecordError(f"turn {i} (gpt) has an empty answer")
-        turns.append((role, value))
-    if len(turns) % 2:
-        raise RecordError("the last turn is a human turn with no gpt answer")
-    image = record.get("image")
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        raise RecordError(f"'image' must be a relative path string, got {_short(image)}")
-    tags = [text.count(IMAGE_TOKEN) for _, text in turns]
-    if image is not None and sum(tags) == 0:
-        raise RecordError(f"'image' is given but no turn contains {IMAGE_TOKEN!r}")
-    if image is None and sum(tags) > 0:
-        raise RecordError(f"a turn contains {IMAGE_TOKEN!r} but the record has no 'image'")
-    if sum(tags) > 1:
-        raise RecordError(f"{sum(tags)} {IMAGE_TOKEN!r} tags; a sample holds exactly one image")
-    if sum(tags) == 1 and tags[0] != 1:
-        raise RecordError(f"{IMAGE_TOKEN!r} appears outside the first human turn")
-    return task_name, image, turns
-
-
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _where(source, index, task_name) -> str:
-    return f"{source}: record {index} (task_name={task_name!r})"
-
-
-def malformed_message(source, index, task_name, err) -> str:
-    """The message for a malformed record (``on_error='raise'`` raises it, ``'skip'`` counts it)."""
-    return (f"{_where(source, index, task_name)}: {err}. Fix the record, or remove it with "
-            "data/prepare_vision_flan.py, or load with on_error='skip'.")
-
-
-def read_annotations(path, cache_dir: str | None = None):
-    """The records of a training file, a JSON list or JSON Lines of objects, as a ``datasets.Dataset`` (one row
-    per record; keys missing from a record are None). The single reader of training files, so the tokenizer
-    corpus and :class:`ConversationDataset` accept and refuse the same files. DataError names the file."""
-    import datasets
-
-    empty = (f"{path}: the file holds no records. Point it at a JSON list (or JSON Lines) of training records, e.g. "
-             "the synthetic suite's train.json.")
-    try:
-        records = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
-    except Exception as err:  # datasets/pyarrow errors neither name the file nor say what is wrong in words
-        with open(path, "rb") as f:
-            head = f.read(1024)
-        if re.fullmatch(rb"\s*(\[\s*\])?\s*", head):  # an empty file or [] (datasets: "no data" / StopIteration)
-            raise DataError(empty) from err
-        cause = err
-        for _ in range(10):  # the JSON parser's own words are the deepest cause of datasets' generic error
-            inner = cause.__cause__ or cause.__context__
-            if inner is None:
-                break
-            cause = inner
-        raise DataError(f"{path}: not a readable JSON list of records ({type(cause).__name__}: {cause}). Check "
-                        "the file is a JSON list (or JSON Lines) of objects.") from err
-    if len(records) == 0:
-        raise DataError(empty)
-    return records
-
-
-def _encode_batch(batch, indices, *, source, template, tokenizer, num_image_tokens, max_length, overlong,
-                  default_task_name, instruction_spans=False):
-    """datasets.map function: validate, render, tokenise and apply the over-length policy to a batch.
-    ``instruction_spans``: also store the instruction's token span (``instruction_start``/``_end``, -1 = none)."""
-    columns = ("index", "task_name", "image", "input_ids", "labels", "length", "status", "message")
-    if instruction_spans:
-        columns += ("instruction_start", "instruction_end")
-    out = {name: [] for name in columns}
-    keys = list(batch)
-    for j, index in enumerate(indices):
-        record = {key: batch[key][j] for key in keys}
-        raw_task = record.get("task_name")
-        row = dict(index=index, task_name=raw_task if isinstance(raw_task, str) else "", image=None, input_ids=[],
-                   labels=[], length=0, status=_OK, message="", instruction_start=-1, instruction_end=-1)
-        try:
-            task_name, image, turns = parse_record(record, default_task_name)
-            # Template-specific limits (e.g. plain takes one exchange) surface here as ValueError.
-            segments = render_conversation(get_template(template), turns, with_image=True)
-        except ValueError as err:  # RecordError is a ValueError
-            row.update(status=MALFORMED, message=malformed_message(source, index, raw_task, err))
-        else:
-            row.update(task_name=task_name, image=image)
-            if instruction_spans:
-                ids, labels, span = encode_segments(segments, tokenizer, instruction=True)
-                if span is not None:
-                    row.update(instruction_start=span[0], instruction_end=span[1])
-            else:
-                ids, labels = encode_segments(segments, tokenizer)
-            row.update(_apply_length_policy(ids, labels, num_image_tokens, max_length, overlong,
-                                            _where(source, index, task_name)))
-        for name in columns:
-            out[name].append(row[name])
-    return out
-
-
-def _encoding_fingerprint(raw, tokenizer, template, *settings) -> str:
-    """The cache key of the tokenised rows: the parsed file's own fingerprint, the tokenizer's full serialisation
-    (vocabulary, merges, special tokens), every encoding setting, and the source of the code that encodes.
-
-    ``datasets`` would hash the map function with the tokenizer inside it, but a fast tokenizer's hash changes
-    once it has been called (its padding/truncation state), so every run re-tokenised; this key is stable, and
-    any change to what determines the rows changes it."""
-    import hashlib
-    import inspect
-
-    from mixlora.data import templates
-
-    h = hashlib.sha256()
-    h.update(str(raw._fingerprint).encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # Padding and truncation are per-call state (reset by every call without them, as ours are): not the key.
-        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
-        h.update(json.dumps(spec, sort_keys=True).encode())
-    else:
-        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(repr((type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id, template,
-                   settings)).encode())
-    h.update(inspect.getsource(templates).encode())
-    h.update(inspect.getsource(_encode_batch).encode() + inspect.getsource(_apply_length_policy).encode())
-    return h.hexdigest()[:32]
-
-
-def _apply_length_policy(ids, labels, num_image_tokens, max_length, overlong, where):
-    """Length counts every image position (one image id -> N). Returns the row fields to update."""
-    # Every sample holds exactly one image id (text-only ones too), always in the prompt, i.e. before the first
-    # supervised token; it stands for N positions.
-    extra = num_image_tokens - 1
-    first = next((t for t, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
-    length = len(ids) + extra
-    if length <= max_length:
-        return dict(input_ids=ids, labels=labels, length=length, status=_OK)
-    prompt_length = first + extra
-    if overlong == "truncate_answer" and prompt_length < max_length:
-        cut = max_length - extra
-        return dict(input_ids=ids[:cut], labels=labels[:cut], length=max_length, status=_TRUNCATED,
-                    message=f"{where}: {length} tokens > max_length={max_length}; answer truncated")
-    detail = (f"the prompt alone has {prompt_length} tokens (incl. {num_image_tokens} image tokens), so no answer "
-              "token fits" if prompt_length >= max_length else f"{length} tokens")
-    return dict(status=OVERLONG, length=length,
-                message=f"{where}: {detail} > max_length={max_length}. Raise max_length, shorten the record, or "
-                f"choose overlong='truncate_answer' or 'skip'.")
 
 
 class _SharedCounter:
@@ -591,63 +397,3 @@ class PromptDataset(Dataset):
                             f"({type(err).__name__}: {err}). Replace the file or drop the line.") from err
         return {"input_ids": torch.tensor(ids, dtype=torch.long), "pixel_values": pixel_values,
                 "task_name": self.task_name, "index": i, "record": record}
-
-
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar sequence lengths, in a seeded random order (pass as ``DataLoader(batch_sampler=...)``).
-
-    Per epoch (seed + epoch; call :meth:`set_epoch`): shuffle all indices, cut them into mega-batches of
-    ``batch_size * mega_batch_factor``, sort each mega-batch by length (longest first) and cut it into batches,
-    then shuffle the order of the full batches; a final short batch (if any) comes last. With
-    ``num_replicas > 1`` the batches are dealt round-robin to ranks; every rank gets the same number of
-    full batches (the last incomplete round is dropped when ``drop_last``, else topped up by repeating the
-    epoch's first batches; a short final batch is then completed with random indices).
-    """
-
-    def __init__(self, lengths, batch_size: int, seed: int = 0, mega_batch_factor: int = 50, drop_last: bool = False,
-                 num_replicas: int = 1, rank: int = 0):
-        if batch_size < 1 or mega_batch_factor < 1:
-            raise ValueError(f"batch_size and mega_batch_factor must be >= 1, got {batch_size}, {mega_batch_factor}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
-        self.lengths = [int(n) for n in lengths]
-        if not self.lengths:
-            raise ValueError("LengthGroupedBatchSampler got no lengths")
-        self.batch_size, self.seed, self.mega_batch_factor = batch_size, seed, mega_batch_factor
-        self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _global_batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        mega = self.batch_size * self.mega_batch_factor
-        batches = []
-        for start in range(0, len(order), mega):
-            group = sorted(order[start : start + mega], key=lambda k: -self.lengths[k])
-            batches += [group[s : s + self.batch_size] for s in range(0, len(group), self.batch_size)]
-        full = [b for b in batches if len(b) == self.batch_size]
-        short = [b for b in batches if len(b) < self.batch_size]  # at most one: only the last mega-batch is short
-        full = [full[k] for k in torch.randperm(len(full), generator=generator).tolist()]
-        if self.num_replicas == 1:
-            return full if self.drop_last else full + short
-        if short and not self.drop_last:
-            pad = torch.randint(len(self.lengths), (self.batch_size - len(short[0]),), generator=generator).tolist()
-            full.append(short[0] + pad)
-        rounds, extra = divmod(len(full), self.num_replicas)
-        if extra and not self.drop_last:
-            full += [full[k % len(full)] for k in range(self.num_replicas - extra)]
-            rounds += 1
-        return full[: rounds * self.num_replicas]
-
-    def __iter__(self):
-        yield from self._global_batches()[self.rank :: self.num_replicas]
-
-    def __len__(self) -> int:
-        n, b, r = len(self.lengths), self.batch_size, self.num_replicas
-        if r == 1:
-            return n // b if self.drop_last else -(-n // b)
-        batches = n // b if self.drop_last else -(-n // b)
-        return batches // r if self.drop_last else -(-batches // r)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -26,34 +24,25 @@ logger = logging.getLogger(__name__)
 
 def ensure_synthetic(data: DataSettings) -> Optional[Path]:
     """Generate the synthetic suite into the annotations' folder when ``data.generate`` is set and the file is
-    missing; returns the folder generated (None when nothing was done). Written to a temporary sibling folder
-    and renamed into place, so a concurrent or interrupted generation never leaves a half-written suite."""
+    missing; returns the folder generated (None when nothing was done). ``mixlora.data.synthetic.ensure_suite``:
+    built in a temporary sibling folder and renamed into place, so a concurrent or interrupted generation never
+    leaves a half-written suite, and a folder holding anything else is an error (ConfigError), left as it is."""
     annotations = Path(data.annotations)
     if data.generate is None or annotations.is_file():
         return None
-    from mixlora.data.synthetic import generate_suite
+    from mixlora.data.synthetic import SUITE_FILES, IncompleteSuiteError, ensure_suite
 
+    if annotations.name not in SUITE_FILES:  # checked first: the suite would be generated but not hold the file
+        raise ConfigError(f"data.annotations={str(annotations)!r} is missing and the synthetic suite would not "
+                          f"create it (it writes {', '.join(SUITE_FILES)}); data.annotations must name its "
+                          "train.json, or set data.generate=null")
     target = annotations.parent
-    if target.exists() and any(target.iterdir()):
-        raise ConfigError(f"data.annotations={str(annotations)!r} is missing but its folder {target} is not empty; "
-                          "delete the folder to regenerate the synthetic suite, or fix the path")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    logger.info("generating the synthetic suite into %s (%s)", target, data.generate)
-    generate_suite(tmp, **data.generate)
-    if not (tmp / annotations.name).is_file():
-        shutil.rmtree(tmp)
-        raise ConfigError(f"the synthetic suite has no {annotations.name}; data.annotations must name its train.json")
     try:
-        if target.exists():
-            target.rmdir()  # empty (checked above)
-        os.replace(tmp, target)
-    except OSError:
-        if not annotations.is_file():  # nobody else finished it either
-            raise
-        shutil.rmtree(tmp)  # another process generated it meanwhile; keep theirs
-    return target
+        generated = ensure_suite(target, **data.generate)
+    except IncompleteSuiteError as err:
+        raise ConfigError(f"data.annotations={str(annotations)!r} is missing, and the synthetic suite cannot be "
+                          f"generated there: {err}") from err
+    return target if generated else None
 
 
 def check_data_paths(data: DataSettings) -> None:
