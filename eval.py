@@ -17,10 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +30,15 @@ BASE_OUTPUT = "runs/base"
 
 
 def ensure_synthetic_suite(root: str | Path, seed: int = 0, **sizes: Any) -> bool:
-    """Generate the synthetic suite at ``root`` unless its manifest exists; True if generated here.
+    """Generate the synthetic suite at ``root`` unless a finished one is there; True if generated here.
 
-    Generated into a temporary sibling folder and renamed into place, so a concurrent train.py/eval.py doing the
-    same never sees a half-written suite; if another process wins the race, its suite is kept.
-    ``sizes``: passed to ``mixlora.data.synthetic.generate_suite`` (per_task, eval_per_task, ...).
+    ``mixlora.data.synthetic.ensure_suite``: built in a temporary sibling folder and renamed into place, so a
+    concurrent train.py/eval.py never sees a half-written suite; a folder holding anything else is an error
+    (``FileExistsError``) and is left as it is. ``sizes``: passed to ``generate_suite`` (per_task, ...).
     """
-    from mixlora.data.synthetic import generate_suite
+    from mixlora.data.synthetic import ensure_suite
 
-    root = Path(root)
-    if (root / "manifest.json").is_file():
-        return False
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists but holds no manifest.json (an interrupted generation?); delete it or "
-                              f"run `python data/make_synthetic.py --out {root} --seed {seed} --overwrite`")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    logger.info("generating the synthetic suite into %s (seed %d)", root, seed)
-    try:
-        generate_suite(tmp, seed=seed, **sizes)
-        if root.exists():
-            root.rmdir()  # empty (checked above); os.replace cannot replace a folder
-        os.replace(tmp, root)
-    except OSError:
-        if (root / "manifest.json").is_file():  # another process finished first: use its suite
-            logger.info("another process generated %s first; using it", root)
-            return False
-        raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return True
+    return ensure_suite(root, seed=seed, **sizes)
 
 
 def _strings(node: Any):
@@ -182,7 +157,7 @@ def run_eval(cfg: DictConfig) -> dict:
     from mixlora.evaluate import (Decoding, check_progress_interval, check_task_definitions, evaluate, load_examples,
                                   resolve_task_definitions)
     from mixlora.options import check_choice
-    from mixlora.eval.aggregate import POPE_METRICS
+    from mixlora.scoring.aggregate import POPE_METRICS
     from mixlora.progress import resolve_progress
     from mixlora.runlock import run_lock
     from mixlora.tasks.common import TaskError

@@ -1,7 +1,7 @@
 """MixLoRA: conditional mixture of rank-one LoRA factors (Shen et al., ACL 2024, arXiv 2402.15896).
 
 Public API: the adapter layers, the routing context, injection and adapter checkpoints. Imported lazily so that
-torch-free tools (``python -m mixlora.eval.score``) start fast.
+torch-free tools (``python -m mixlora.scoring.score``) start fast.
 """
 
 import importlib

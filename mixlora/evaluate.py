@@ -12,7 +12,7 @@ For each task (``mixlora.tasks``)::
                      # or re-route per step, as each adapter's decode_routing says
         prediction = decode(new tokens, skip_special_tokens).strip()
         append the batch's records to predictions.jsonl and flush
-    scores = task.score(records in example order)                  # official scorers, mixlora.eval
+    scores = task.score(records in example order)                  # official scorers, mixlora.scoring
     write OUT/eval/<task>/metrics.json
 
 Then ``OUT/eval/metrics.json`` (all tasks + MMAvg) and ``OUT/eval/results.md``; see ``mixlora.tasks.report``.

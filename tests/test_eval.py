@@ -24,7 +24,7 @@ from PIL import Image
 from mixlora import AdapterConfig, MixLoRALinear, inject_adapters
 from mixlora.build import build_stack, build_tokenizer_from_config, load_run, save_run
 from mixlora.data.synthetic import generate_suite
-from mixlora.eval.score import main as score_cli
+from mixlora.scoring.score import main as score_cli
 from mixlora.evaluate import Decoding, evaluate_task, generate_answers, set_decode_routing
 from mixlora.tasks import cifar10, cvbench, mme, mnist, pope, snli_ve, textvqa, vsr
 from mixlora.tasks.common import Example, TaskError, build_question

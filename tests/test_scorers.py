@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mixlora.eval import ScoringError, read_jsonl
-from mixlora.eval import aggregate, classification, cvbench, mme, pope, textvqa
+from mixlora.scoring import ScoringError, read_jsonl
+from mixlora.scoring import aggregate, classification, cvbench, mme, pope, textvqa
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scoring"
 REPO = Path(__file__).resolve().parents[1]
@@ -516,7 +516,7 @@ def test_mmavg_reproduces_paper_table1():
 def run_cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "mixlora.eval.score", *map(str, args)],
+        [sys.executable, "-m", "mixlora.scoring.score", *map(str, args)],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
     )
 
@@ -546,7 +546,7 @@ def test_cli_cvbench_json(tmp_path):
 
 def run_main(capsys, *args):
     """The CLI in-process (same argparse and error handling, without another interpreter start-up)."""
-    from mixlora.eval.score import main
+    from mixlora.scoring.score import main
 
     try:
         code = main([str(a) for a in args])

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from mixlora.train.config import shipped_config_dir
+
 from .runner import ROOT, TableError, TableRun, environment, finish, finished, show
 
 LAUNCHERS = ("submitit_local", "slurm")
@@ -37,7 +39,7 @@ INIT = {"max_num_timeout"}
 def launcher_settings(launcher: str, gpus: int, extra: dict[str, Any]) -> dict[str, Any]:
     """submitit parameters of one row's job: configs/hydra/launcher/<file>.yaml, then one task per job holding
     ``gpus`` GPUs (SLURM), then ``extra`` (``--launcher-arg``) verbatim."""
-    path = ROOT / "configs" / "hydra" / "launcher" / f"{LAUNCHER_FILES[launcher]}.yaml"
+    path = shipped_config_dir() / "hydra" / "launcher" / f"{LAUNCHER_FILES[launcher]}.yaml"
     settings = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
     if launcher == "slurm":
         per_gpu = settings.get("cpus_per_task")

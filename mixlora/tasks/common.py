@@ -1,7 +1,7 @@
 """What every evaluation task shares: the example type, the task interface, prompt building and file reading.
 
 A task turns local benchmark files into :class:`Example` s (one question + one image each) and scores the
-model's answers with the official scorer of ``mixlora.eval``. ``mixlora.evaluate`` does the generation in
+model's answers with the official scorer of ``mixlora.scoring``. ``mixlora.evaluate`` does the generation in
 between; it never looks inside a task's records.
 
 Prompt building (``build_question``), the released evaluation's steps in order::
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from mixlora.eval import JsonlRecords, ScoringError, locate, read_jsonl
+from mixlora.scoring import JsonlRecords, ScoringError, locate, read_jsonl
 from mixlora.options import check_choice
 
 PROMPT_MODES = ("task", "as_is")
@@ -70,10 +70,10 @@ class Task(Protocol):
     score(records, out_dir) -> dict             ``records``: the prediction records (``Example.record`` +
                                                 uid, asked, prediction) in example order; may write extra
                                                 files into ``out_dir`` (MME's eval_tool folder). Returns the
-                                                scorer's JSON output, exactly as ``python -m mixlora.eval.score``
+                                                scorer's JSON output, exactly as ``python -m mixlora.scoring.score``
                                                 prints it for the written files.
     headline(scores) -> dict[str, float]        the few numbers shown in results.md (percent or points).
-    mmavg_set:       which of MMAvg's seven sets this task is (``mixlora.eval.aggregate.MMAVG_SETS``), or None.
+    mmavg_set:       which of MMAvg's seven sets this task is (``mixlora.scoring.aggregate.MMAVG_SETS``), or None.
     settings() -> dict                          everything that changes the predictions (paths, prompts), for
                                                 the resume check.
     """

@@ -11,7 +11,7 @@ Input (``path``): a JSONL of CV-Bench records, or a folder holding one:
 Record fields used: ``idx``, ``type`` (2D/3D), ``task``, ``source``, ``prompt`` (question + lettered choices),
 ``answer`` ("(B)"), ``choices``; every field is kept in the predictions. Prompt: ``prompt`` + "\\nAnswer with
 the option's letter from the given choices directly." (LLaVA-1.5's multiple-choice instruction).
-Scoring: ``mixlora.eval.cvbench.score_cvbench`` (first "(X)", else a leading capital letter; accuracy per source,
+Scoring: ``mixlora.scoring.cvbench.score_cvbench`` (first "(X)", else a leading capital letter; accuracy per source,
 per task; official overall = (mean(ADE20K, COCO) + Omni3D) / 2). ``limit`` is per CV-Bench task.
 """
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from mixlora.eval import ScoringError, locate
-from mixlora.eval.cvbench import ANSWER_PARSING, TYPES, parse_answer_field, score_cvbench
+from mixlora.scoring import ScoringError, locate
+from mixlora.scoring.cvbench import ANSWER_PARSING, TYPES, parse_answer_field, score_cvbench
 
 from .common import (OPTION_LETTER, Example, TaskError, build_question, check_limit, check_prompts, check_unique,
                      first_per_group, read_records, require_file, resolve_image, string_field)

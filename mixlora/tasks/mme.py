@@ -8,26 +8,25 @@ Input (``path``), either layout:
                              "question": "... Please answer yes or no.", "answer": "Yes"|"No"}
 
 - the raw release folder ``MME_Benchmark_release_version/<subtask>/`` (flat ``<stem>.png|jpg`` + ``<stem>.txt``,
-  or ``images/`` + ``questions_answers_YN/``); it is read with ``data/prepare_mme.py``'s own reader, so both
-  routes give the same records. The synthetic suite's ``eval/mme`` uses this layout (scene nested).
+  or ``images/`` + ``questions_answers_YN/``); it is read with ``mixlora.tasks.prepare_mme``, the reader behind
+  ``data/prepare_mme.py``, so both routes give the same records. The synthetic suite's ``eval/mme`` uses this layout (scene nested).
 
 Prompt: the question with " Please answer yes or no." replaced by "\\nAnswer the question using a single word
 or phrase." (LLaVA-1.5 and lmms-eval); ``prompts="as_is"`` keeps the question untouched.
 Scoring: the predictions are written in the official layout ``eval_tool/<subtask>.txt`` (lines
 ``image<TAB>question<TAB>Yes|No<TAB>prediction``, an image's two questions consecutive; the original question
-text, as the official tool expects) and scored from those files with ``mixlora.eval.mme.score_results_dir``, so
-``python -m mixlora.eval.score mme eval/mme/eval_tool`` prints the same numbers. ``limit`` keeps the first
+text, as the official tool expects) and scored from those files with ``mixlora.scoring.mme.score_results_dir``, so
+``python -m mixlora.scoring.score mme eval/mme/eval_tool`` prints the same numbers. ``limit`` keeps the first
 ceil(limit / 2) images of each subtask.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mixlora.eval import ScoringError, locate
-from mixlora.eval.mme import OFFICIAL_SUBTASKS, PARSERS, score_results_dir, write_results_dir
+from mixlora.scoring import ScoringError, locate
+from mixlora.scoring.mme import OFFICIAL_SUBTASKS, PARSERS, score_results_dir, write_results_dir
 
 from .common import (SHORT_ANSWER, Example, TaskError, build_question, check_limit, check_prompts, check_unique,
                      read_records, require_file, resolve_image, string_field)
@@ -39,16 +38,10 @@ _RECORD_FIELDS = ("question_id", "category", "image", "image_path", "question", 
 
 
 def _prepare_mme():
-    """``data/prepare_mme.py`` of this repository, imported from its file (it is a script, not a package)."""
-    script = Path(__file__).resolve().parents[2] / "data" / "prepare_mme.py"
-    if not script.is_file():
-        raise TaskError(f"mme: reading the raw release layout needs {script} (part of the repository checkout). "
-                        "Run `python data/prepare_mme.py --src MME_Benchmark_release_version --out data/mme` from a "
-                        "checkout and set task.mme.path=data/mme.")
-    spec = importlib.util.spec_from_file_location("_mixlora_prepare_mme", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``mixlora.tasks.prepare_mme``, the reader behind ``data/prepare_mme.py`` (imported on first use: it needs tqdm)."""
+    from . import prepare_mme
+
+    return prepare_mme
 
 
 def read_release(src: Path) -> dict[str, list[dict]]:

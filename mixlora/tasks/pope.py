@@ -3,7 +3,7 @@
 Input: one released-format JSONL per split ``{"unique_id", "prompt", "target": "yes"|"no", "image_path"}``
 (MixLoRA's pope_rand / pope_pop / pope_adv files; the synthetic suite's ``eval/pope/{random,popular,
 adversarial}.jsonl``). ``splits`` maps a split name to its file; each prediction record gets ``split``.
-Scoring: ``mixlora.eval.pope.score_pope``: LLaVA's ``eval_pope.py`` parsing (first sentence, a "no"/"not" word
+Scoring: ``mixlora.scoring.pope.score_pope``: LLaVA's ``eval_pope.py`` parsing (first sentence, a "no"/"not" word
 means no, else yes); accuracy, precision, recall, F1 and yes-ratio (from the predictions) per split and their
 mean. MMAvg takes the mean F1 unless the eval config's ``pope_metric`` says accuracy. ``limit`` is per split.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional
 
-from mixlora.eval import ScoringError
-from mixlora.eval.pope import score_pope
+from mixlora.scoring import ScoringError
+from mixlora.scoring.pope import score_pope
 
 from .common import SHORT_ANSWER, TaskError, check_limit, first_per_group, jsonable, released_examples
 

@@ -8,7 +8,7 @@
      "partial": true,          # a task is partial (MME/CV-Bench/POPE parts missing), MMAvg lacks a set, or limit
      "limit": null, "decoding": {...}, "source": {...}}
 
-MMAvg (``mixlora.eval.aggregate.mmavg``) is the mean of the paper's seven sets (MME excluded); it is computed
+MMAvg (``mixlora.scoring.aggregate.mmavg``) is the mean of the paper's seven sets (MME excluded); it is computed
 whenever at least one of them was evaluated and marked ``"partial": true`` unless all seven were. Scores are
 percent (MME: points, max 200 per subtask).
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from mixlora.eval.aggregate import MMAVG_SETS, mmavg
+from mixlora.scoring.aggregate import MMAVG_SETS, mmavg
 
 
 def summarize(task_metrics: Mapping[str, dict], mmavg_inputs: Mapping[str, Any], pope_metric: str = "f1",

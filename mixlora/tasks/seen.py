@@ -1,7 +1,7 @@
 """Seen tasks: held-out instances of the training tasks, per-task accuracy and their average (paper Table 2).
 
 Input: a released-format JSONL with a ``task_name`` per record (``mixlora.data.seen`` writes one for the synthetic
-suite). Each record is scored by ``mixlora.eval.classification.match_prediction`` (option letter, normalised
+suite). Each record is scored by ``mixlora.scoring.classification.match_prediction`` (option letter, normalised
 equality, whole-word single-label match) with the label set of *its own task* (the distinct targets of that
 task), so a colour answer is never matched against shape labels. Result::
 
@@ -17,8 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from mixlora.eval import ScoringError
-from mixlora.eval.classification import normalize_label, score_classification, split_target
+from mixlora.scoring import ScoringError
+from mixlora.scoring.classification import normalize_label, score_classification, split_target
 
 from .common import TaskError, check_limit, first_per_group, released_examples
 

@@ -2,7 +2,7 @@
 
 Input: the released MixLoRA JSONL ``{"unique_id", "prompt", "target", "image_path"}``, optionally with
 ``answers`` (the 10 annotator answers; the synthetic suite writes them). Scoring:
-``mixlora.eval.textvqa.score_textvqa``: the standard VQA normalisation, then min(#matching annotators / 3, 1)
+``mixlora.scoring.textvqa.score_textvqa``: the standard VQA normalisation, then min(#matching annotators / 3, 1)
 averaged over the 10 leave-one-out subsets when ``answers`` is present, exact match with ``target`` otherwise.
 Default prompt suffix: LLaVA-1.5's "Answer the question using a single word or phrase." (its TextVQA script).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from mixlora.eval import ScoringError
-from mixlora.eval.textvqa import score_textvqa
+from mixlora.scoring import ScoringError
+from mixlora.scoring.textvqa import score_textvqa
 
 from .common import SHORT_ANSWER, TaskError, check_limit, first_per_group, released_examples
 

@@ -2,7 +2,7 @@
 
 Documents are lines of the synthetic suite's released-format JSONL (``unique_id``, ``prompt``, ``target``,
 ``image_path`` relative to the JSONL's folder); ``SYNTHETIC_EVAL`` is that folder's parent, relative to the
-working directory unless ``MIXLORA_SYNTHETIC_ROOT`` names the suite. Scores come from ``mixlora.eval``.
+working directory unless ``MIXLORA_SYNTHETIC_ROOT`` names the suite. Scores come from ``mixlora.scoring``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mixlora.eval.pope import parse_pope, pope_metrics
+from mixlora.scoring.pope import parse_pope, pope_metrics
 
 
 def _eval_root() -> Path:
