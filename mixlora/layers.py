@@ -17,6 +17,9 @@ factors from each pool *per instance*::
 
 computed factored: gather A_x [B, r, d_in] and B_x [B, r, d_out], then two batched matmuls, so the cost is
 T·r·(d_in + d_out) per instance like LoRA, never a dense per-instance d_in×d_out ΔW (the released code builds one).
+When generating with ``decode_routing="prefill"`` (no grad, inside ``mixlora.routing``), A_x and B_x gathered at
+the prefill are kept in the routing context and reused by every decode step (``mixlora.routing_state``, "The
+factor cache"): a decode step then runs LoRA's two small matmuls (batched per instance) and gathers nothing.
 
 Routing numerics (which arithmetic decides g_A, g_B). Softmax is monotone, so top_r(p_A) = top_r(W_A h̄) and, without
 CFS, top_r(p_B) = top_r(W_B h̄) in exact arithmetic; in bf16/fp16 the rounded probabilities tie where the logits do
@@ -347,25 +350,54 @@ class MixLoRALinear(nn.Module):
         return selection
 
     # ---------------------------------------------------------------- forward
+    def gather(self, sel: Selection, x_dtype: torch.dtype, y_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The selected factors: A_x = ``lora_a[idx_a]`` [B, r, d_in] in ``x_dtype`` and B_x = ``lora_b[idx_b]``
+        [B, r, d_out] in ``y_dtype`` (the base output's dtype, autocast's under autocast)."""
+        return self.lora_a[sel.idx_a].to(x_dtype), self.lora_b[sel.idx_b].to(y_dtype)
+
+    def _add_update(self, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                    weight: Optional[torch.Tensor]) -> torch.Tensor:
+        """y + (alpha/r) · (dropout(x) @ A_xᵀ · weight) @ B_x, in place into ``y`` = base(x) [B, T, d_out]."""
+        z = torch.bmm(self.dropout(x), a.transpose(1, 2))  # [B, T, r]
+        if weight is None:
+            z = z * self.scaling
+        else:
+            z = z * (self.scaling * weight.to(x.dtype)).unsqueeze(1)
+        # base(x) + z @ B_x, in place into the base output (its backward does not need it): no second buffer.
+        # (An in-place op is not autocast: z is brought to y's dtype, a no-op without autocast.)
+        return y.baddbmm_(z.to(y.dtype), b)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(
                 f"MixLoRALinear routes per instance and expects input [batch, seq, {self.base.in_features}], "
                 f"got shape {tuple(x.shape)}"
             )
+        state = self._routing_state
+        # Generation (no grad, decode_routing="prefill"): the factors gathered at prefill serve every decode step
+        # of this routing context (mixlora.routing_state: "The factor cache").
+        reuse = state is not None and self.decode_routing == "prefill" and state.reuses_factors()
+        if reuse and state.is_continuation(x):
+            return self._decode_step(x, state)
         sel = self._select(x)
         self.last_selection = (sel.idx_a.detach(), sel.idx_b.detach())
-        a = self.lora_a[sel.idx_a].to(x.dtype)  # [B, r, d_in]
         y = self.base(x)  # [B, T, d_out]; under autocast in autocast's dtype rather than x's
-        b = self.lora_b[sel.idx_b].to(y.dtype)  # [B, r, d_out]
-        z = torch.bmm(self.dropout(x), a.transpose(1, 2))  # [B, T, r]
-        if sel.weight is None:
-            z = z * self.scaling
-        else:
-            z = z * (self.scaling * sel.weight.to(x.dtype)).unsqueeze(1)
-        # base(x) + z @ B_x, in place into the base output (its backward does not need it): no second buffer.
-        # (An in-place op is not autocast: z is brought to y's dtype, a no-op without autocast.)
-        return y.baddbmm_(z.to(y.dtype), b)
+        a, b = self.gather(sel, x.dtype, y.dtype)  # [B, r, d_in], [B, r, d_out]
+        if reuse:  # a full forward (prefill) under no grad: sel.weight is None, a and b carry no graph
+            state.store_factors(self, a, b)
+        return self._add_update(x, y, a, b, sel.weight)
+
+    def _decode_step(self, x: torch.Tensor, state) -> torch.Tensor:
+        """A continuation forward (KV-cache decode step) of a ``decode_routing="prefill"`` layer under no grad:
+        the prefill selection and its gathered factors, gathered again only if the cache has none that fit."""
+        sel = state.cached(self)  # detached at the prefill
+        self.last_selection = (sel.idx_a, sel.idx_b)
+        y = self.base(x)
+        factors = state.cached_factors(self, x.dtype, y.dtype)
+        if factors is None:
+            factors = self.gather(sel, x.dtype, y.dtype)
+            state.store_factors(self, *factors)
+        return self._add_update(x, y, *factors, None)
 
     def extra_repr(self) -> str:
         return (

@@ -28,6 +28,16 @@ round-robin, so machine noise hits all alike. Reported from the medians:
 
 Target: MixLoRA (prefill) decode tokens/s >= 0.95x LoRA. Ratios come from numbers measured in this one run.
 
+With 7b_2layer among the sizes, a second measurement isolates one adapted linear at those widths (q/k/v/o
+4096x4096, gate/up 4096x11008, down 11008x4096): one decode-step call [B, 1, d_in] after a [B, T, d_in] prefill in
+the same routing context, every variant in turn, ``--layer-repeats`` times (median). Mode ``layer`` times the
+whole adapted linear; mode ``adapter`` replaces its frozen matmul by a copy of that matmul's output, so only the
+adapter path (and its Python) is timed, ``ADAPTER_CALLS`` times as often. The MixLoRA prefill variant is timed
+with the prefill factor cache (mixlora.routing_state) and without it (every step gathers A_x, B_x from the pools),
+and the two must give identical outputs. From the adapter times and the frozen decode step of the generate table
+follows the decode ratio the adapter paths alone imply: (frozen step + LoRA's 14 adapters) / (frozen step +
+MixLoRA's 14 adapters), which the machine's noise on the frozen matmuls does not enter.
+
     python scripts/bench_decode.py --out results/bench                             # CPU: decode_cpu.{md,json}
     python scripts/bench_decode.py --device cuda --dtype bf16 --out results/bench  # decode_cuda.{md,json}
 """
@@ -35,6 +45,7 @@ Target: MixLoRA (prefill) decode tokens/s >= 0.95x LoRA. Ratios come from number
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -52,6 +63,7 @@ from mixlora.profiling import run_metadata, timed, write_result  # noqa: E402
 
 SIZES = ("tiny", "7b_2layer")
 TARGET = 0.95
+ADAPTER_CALLS = 20  # adapter-only calls per --layer-repeats (each is ~1000x cheaper than the frozen matmul)
 # A fixed text for the tiny stack's local BPE tokenizer: the benchmark needs token ids, not a language.
 TOKENIZER_TEXT = ("describe the image in one sentence . what color is the object on the left ? answer with a single "
                   "word . how many animals are there in the picture ? the cat sits on a red mat near the window .")
@@ -258,6 +270,131 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- one adapted linear, one decode step
+class FixedOutput(nn.Module):
+    """Stands in for the frozen linear in the adapter-only timing: returns a fresh copy of a precomputed base
+    output (adapters add into the base output in place), so only the adapter path is timed."""
+
+    def __init__(self, y: torch.Tensor):
+        super().__init__()
+        self.y = y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.y.clone()
+
+
+def layer_shapes(shape: LLMShape) -> dict[str, tuple[int, int, int]]:
+    """{linear: (d_in, d_out, count per decoder layer)} of a Llama decoder layer."""
+    h, f = shape.hidden, shape.intermediate
+    return {"q/k/v/o": (h, h, 4), "gate/up": (h, f, 2), "down": (f, h, 1)}
+
+
+def layer_variants(base: nn.Linear, rank: int, factors: int, seed: int) -> dict[str, tuple[nn.Module, bool]]:
+    """{variant: (module, cache_factors)} over one frozen ``base``; the MixLoRA variants share their pools."""
+    from mixlora.layers import LoRALinear, MixLoRALinear
+
+    def seeded(make):
+        torch.manual_seed(seed)
+        module = make()
+        with torch.no_grad():
+            module.lora_b.normal_(0.0, 0.01)
+        return module
+
+    mix = dict(num_factors=factors, rank=rank, alpha=2.0 * rank)
+    return {
+        "frozen": (base, True),
+        f"lora_r{rank}": (seeded(lambda: LoRALinear(base, rank, 2.0 * rank)), True),
+        f"mixlora_e{factors}_r{rank}_prefill": (seeded(lambda: MixLoRALinear(base, **mix)), True),
+        f"mixlora_e{factors}_r{rank}_prefill_nocache": (seeded(lambda: MixLoRALinear(base, **mix)), False),
+        f"mixlora_e{factors}_r{rank}_per_step": (seeded(lambda: MixLoRALinear(base, **mix, decode_routing="per_step")),
+                                                 True),
+    }
+
+
+@torch.no_grad()
+def bench_layers(shape: LLMShape, batch: int, prompt_len: int, rank: int, factors: int, repeats: int,
+                 device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
+    """{"shapes": {linear: {d_in, d_out, count, layer: {variant: s}, adapter: {variant: s}}}, "per_step": {mode:
+    {variant: s}}}: median seconds of one decode-step call per variant (module docstring), interleaved."""
+    from contextlib import ExitStack
+
+    import mixlora
+    from mixlora.layers import MixLoRALinear
+
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, prompt_len, dtype=torch.bool, device=device)
+    shapes = {}
+    for linear, (d_in, d_out, count) in layer_shapes(shape).items():
+        torch.manual_seed(seed)
+        base = nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
+        prompt = torch.randn(batch, prompt_len, d_in, generator=gen).to(device, dtype)
+        step = torch.randn(batch, 1, d_in, generator=gen).to(device, dtype)
+        entry = dict(d_in=d_in, d_out=d_out, count=count)
+        for mode, calls, warm in (("layer", repeats, 2), ("adapter", ADAPTER_CALLS * repeats, 20)):
+            variants = layer_variants(base, rank, factors, seed)
+            with ExitStack() as stack:
+                for module, cache in variants.values():
+                    if isinstance(module, MixLoRALinear):
+                        stack.enter_context(mixlora.routing(module, mask, cache_factors=cache))
+                        module(prompt)  # the prefill routes (and, with the cache, keeps the gathered factors)
+                if mode == "adapter":
+                    fixed = FixedOutput(base(step))
+                    variants["frozen"] = (fixed, True)
+                    for module, _ in variants.values():
+                        if module is not fixed:
+                            module.base = fixed
+                names = list(variants)
+                outs = {name: variants[name][0](step) for name in names}
+                cached, uncached = (outs[f"mixlora_e{factors}_r{rank}_prefill{s}"] for s in ("", "_nocache"))
+                if not torch.equal(cached, uncached):
+                    raise RuntimeError(f"{linear}: the prefill factor cache changed the layer output")
+                times = {name: [] for name in names}
+                for i in range(warm + calls):
+                    for name in names:
+                        t = timed(lambda: variants[name][0](step), device)
+                        if i >= warm:
+                            times[name].append(t)
+            entry[mode] = {name: statistics.median(ts) for name, ts in times.items()}
+        shapes[linear] = entry
+    per_step = {mode: {name: shape.layers * sum(e["count"] * e[mode][name] for e in shapes.values())
+                       for name in next(iter(shapes.values()))[mode]} for mode in ("layer", "adapter")}
+    return dict(shapes=shapes, per_step=per_step, batch=batch, prompt_len=prompt_len, repeats=repeats,
+                adapter_calls=ADAPTER_CALLS * repeats, layers=shape.layers)
+
+
+def implied_ratio(layer_result: dict, frozen_step_s: float, lora: str, mix: str) -> float:
+    """(frozen step + LoRA's adapter time) / (frozen step + MixLoRA's): decode tokens/s of ``mix`` over ``lora``
+    as the adapter-only times imply, the frozen step taken from the generate measurement."""
+    adapter = layer_result["per_step"]["adapter"]
+    return (frozen_step_s + adapter[lora] - adapter["frozen"]) / (frozen_step_s + adapter[mix] - adapter["frozen"])
+
+
+def layer_markdown(layer: dict, rank: int, factors: int) -> list[str]:
+    names = list(layer["per_step"]["layer"])
+    lora, mix = f"lora_r{rank}", f"mixlora_e{factors}_r{rank}_prefill"
+    lines = [f"## One adapted linear, one decode step (7b_2layer widths, batch {layer['batch']}, after a "
+             f"{layer['prompt_len']}-token prefill)", "",
+             f"Median ms of one call [B, 1, d_in], variants interleaved: `layer` = the adapted linear "
+             f"({layer['repeats']} calls each), `adapter` = its adapter path alone, the frozen matmul replaced by a "
+             f"copy of its output ({layer['adapter_calls']} calls each; `frozen` is then that copy). "
+             "`_nocache`: the prefill selection, but A_x, B_x gathered from the pools at every step.", "",
+             "| linear | mode | " + " | ".join(names) + " | LoRA / MixLoRA prefill time |",
+             "|---|---|" + "---:|" * (len(names) + 1)]
+    rows = [(f"{k} ({e['d_in']}x{e['d_out']})", e) for k, e in layer["shapes"].items()]
+    rows.append((f"per decode step ({layer['layers']} layers x 7 linears)", layer["per_step"]))
+    for label, e in rows:
+        for mode in ("layer", "adapter"):
+            t = e[mode]
+            lines.append(f"| {label} | {mode} | " + " | ".join(f"{1e3 * t[n]:.3f}" for n in names)
+                         + f" | {t[lora] / t[mix]:.3f} |")
+    if "implied_ratio" in layer:
+        lines += ["", f"Implied {mix} / {lora} decode tokens/s from the adapter-only times and the frozen decode step "
+                      f"of the 7b_2layer table ({1e3 * layer['frozen_step_s']:.1f} ms): "
+                      f"**{layer['implied_ratio']:.3f}** (without the factor cache: "
+                      f"{layer['implied_ratio_nocache']:.3f})."]
+    return lines + [""]
+
+
 def markdown(result: dict) -> str:
     a = result["args"]
     lines = [f"# Decode benchmark ({result['device']}, {a['dtype']}, batch {a['batch']}, {a['new_tokens']} new tokens, "
@@ -266,7 +403,9 @@ def markdown(result: dict) -> str:
              f"Date: {result['date']}, git {result['git']}, torch {result['torch']}, transformers "
              f"{result['transformers']}, {result['machine']}  ",
              "Greedy generation with a KV cache; median of "
-             f"{a['repeats']} round-robin repeats. Decode tokens/s = B (n - 1) / (t(n) - t(1)).", ""]
+             f"{a['repeats']} round-robin repeats. Decode tokens/s = B (n - 1) / (t(n) - t(1)).  ",
+             f"Threads: torch {result.get('threads', '?')} (OMP_NUM_THREADS={result.get('omp_threads') or 'unset'}).",
+             ""]
     for size, info in result["sizes"].items():
         lines += [f"## {size}: {info['describe']['model']}", "",
                   "shape: " + ", ".join(f"{k} {v}" for k, v in info["describe"].items() if k != "model")
@@ -283,6 +422,8 @@ def markdown(result: dict) -> str:
                 target = f">= {TARGET:.2f} {'ok' if v >= TARGET else 'MISSED'}"
             lines.append(f"| {k} | {v:.3f} | {target} |")
         lines.append("")
+    if result.get("layer"):
+        lines += layer_markdown(result["layer"], a["rank"], a["factors"])
     if result.get("note"):
         lines.append(result["note"])
     return "\n".join(lines).rstrip() + "\n"
@@ -317,6 +458,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--factors", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--layer-repeats", type=int, default=30,
+                   help="calls per variant in the one-linear measurement at 7b_2layer widths (run when 7b_2layer is "
+                        f"among the sizes; the adapter-only mode makes {ADAPTER_CALLS}x as many); 0 = skip it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -337,6 +481,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--new-tokens must be >= 2 (decode speed is measured as t(n) - t(1)), got {args.new_tokens}")
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.layer_repeats < 0:
+        p.error(f"--layer-repeats must be >= 0, got {args.layer_repeats}")
     if args.rank >= args.factors:
         p.error(f"--rank {args.rank} must be smaller than --factors {args.factors}")
     if args.prompt_len is not None and args.prompt_len < 2:
@@ -366,9 +512,19 @@ def main(argv=None) -> dict:
         sizes = run_sizes(args, device, dtype)
     except ValueError as err:
         p.error(str(err))
-    result = dict(**run_metadata(device, argv, script=__file__), args=vars(args), sizes=sizes,
-                  note=("7b_2layer has 2 decoder layers but a full 32000-row LM head, so the head weighs more in a step "
-                        "than in the 32-layer model and dilutes every adapter's share of the step time."))
+    layer = None
+    if "7b_2layer" in sizes and args.layer_repeats:
+        prompt_len = sizes["7b_2layer"]["prompt_len"]
+        layer = bench_layers(LLAMA7B_2LAYER, args.batch, prompt_len, args.rank, args.factors, args.layer_repeats,
+                             device, dtype, args.seed)
+        steps = {r["variant"]: r["ms_per_step"] / 1e3 for r in sizes["7b_2layer"]["rows"]}
+        lora, mix = f"lora_r{args.rank}", f"mixlora_e{args.factors}_r{args.rank}_prefill"
+        layer.update(frozen_step_s=steps["frozen"], implied_ratio=implied_ratio(layer, steps["frozen"], lora, mix),
+                     implied_ratio_nocache=implied_ratio(layer, steps["frozen"], lora, mix + "_nocache"))
+    note = ("7b_2layer has 2 decoder layers but a full 32000-row LM head, so the head weighs more in a step than "
+            "in the 32-layer model and dilutes every adapter's share of the step time.")
+    result = dict(**run_metadata(device, argv, script=__file__), args=vars(args), sizes=sizes, layer=layer,
+                  threads=torch.get_num_threads(), omp_threads=os.environ.get("OMP_NUM_THREADS"), note=note)
     text = markdown(result)
     print(text)
     if args.out:
