@@ -337,7 +337,7 @@ def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | M
         examples = task.examples(limit, decoding.prompts)
     if not examples:
         raise TaskError(f"{task.name}: no examples to evaluate")
-    _check_routing(stack.model, definitions)
+    check_definitions(stack.model, definitions)
     if definitions is not None:
         check_task_definitions({task.name: task}, {task.name: examples}, definitions)
     max_new = int(decoding.max_new_tokens or task.max_new_tokens)
@@ -365,12 +365,15 @@ def evaluate_task(stack, task: Task, out_dir: str | Path, decoding: Decoding | M
     return metrics
 
 
-def _check_routing(model: torch.nn.Module, definitions: Optional[Mapping[str, str]]) -> None:
+def check_definitions(model: torch.nn.Module, definitions: Optional[Mapping[str, str]],
+                      how_to_pass: str = "pass task_definitions=PATH (eval.py; by default the run's "
+                                         "data.task_definitions) or definitions={key: text}") -> None:
+    """TaskError unless task definitions are given exactly when ``model`` routes on them (``routing_source="task"``);
+    ``how_to_pass`` is the caller's fix for a task-routed model without them."""
     routed = task_routed(model)
     if routed and definitions is None:
         raise TaskError("the model routes on task definitions (adapter routing_source=task), so every evaluation set "
-                        "needs a definition: pass task_definitions=PATH (eval.py; by default the run's "
-                        "data.task_definitions) or definitions={key: text}")
+                        f"needs a definition: {how_to_pass}")
     if not routed and definitions is not None:
         raise TaskError("task definitions were given, but the model does not route on them (no MixLoRA layer with "
                         "routing_source=task); drop them")
@@ -405,7 +408,7 @@ def evaluate(stack, tasks: Mapping[str, Task], out_dir: str | Path, decoding: De
         raise TaskError(f"several tasks count as the same MMAvg set ({sorted(sets)}); keep one of each in `tasks`")
     if examples is None:
         examples = load_examples(tasks, limit, decoding)
-    _check_routing(stack.model, definitions)
+    check_definitions(stack.model, definitions)
     if definitions is not None:
         check_task_definitions(tasks, examples, definitions)
     stack.model.eval()  # adapter dropout must be off; generate() does not switch modes itself

@@ -406,7 +406,7 @@ def analyse_routing(stack, prompts: dict[str, list[dict]], heldout: Sequence[str
             rendered with ``template`` and no image; every task's key is checked before the first forward.
     """
     from mixlora.data.collator import GenerationCollator
-    from mixlora.evaluate import attach_definition, task_routed
+    from mixlora.evaluate import attach_definition, check_definitions
 
     check_choice("parts", parts, SELECTION_PARTS)
     check_choice("linkage", linkage, LINKAGES)
@@ -421,14 +421,9 @@ def analyse_routing(stack, prompts: dict[str, list[dict]], heldout: Sequence[str
     train = [t for t in prompts if t not in heldout]
     if not train:
         raise ValueError("no training task to compare the held-out sets with")
-    routed = task_routed(stack.model)
-    if routed and definitions is None:
-        raise ValueError("the model routes on task definitions (adapter routing_source=task): pass definitions="
-                         "{key: text} (scripts/routing_analysis.py: --task-definitions PATH, by default a run's "
-                         "data.task_definitions)")
-    if not routed and definitions is not None:
-        raise ValueError("task definitions were given, but the model does not route on them (no MixLoRA layer with "
-                         "routing_source=task); drop them")
+    check_definitions(stack.model, definitions,  # a TaskError is a ValueError
+                      how_to_pass="pass definitions={key: text} (scripts/routing_analysis.py: --task-definitions PATH, "
+                                  "by default a run's data.task_definitions)")
     keys, encoder = {}, None
     if definitions is not None:
         from mixlora.data.definitions import DefinitionEncoder
