@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     recipe.IMAGE_POOL = a.pool
     data, out = a.data.resolve(), a.out.resolve()
     if a.stage1 and not (out / "base" / "model.safetensors").is_file():
-        b1 = recipe.Budget(stage1_steps=a.stage1, batch_size=a.stage1_batch, stage1_lr=a.stage1_lr)
+        b1 = recipe.Budget(stage1_steps=a.stage1, stage1_batch_size=a.stage1_batch, stage1_lr=a.stage1_lr)
         start = time.perf_counter()
         recipe.run_stage1(out, data, b1)
         print(f"stage 1: {a.stage1} steps in {time.perf_counter() - start:.0f} s", flush=True)

@@ -144,7 +144,8 @@ def test_demo_recipe_at_reduced_size_writes_the_report_and_resumes(tmp_path):
                  progress=False)
     tasks = build_tasks(data)
     assert tasks == [f"testbed+{f}_{k}" for f in ("colour", "position") for k in ("name", "next", "flip")]
-    budget = Budget(stage1_steps=3, stage2_steps=12, batch_size=8, eval_per_task=2, eval_batch_size=48)
+    budget = Budget(stage1_steps=3, stage2_steps=12, batch_size=8, stage1_batch_size=8, eval_per_task=2,
+                    eval_batch_size=48)
     plan = [(row, seed) for row in select_rows(DEMO_ROWS) for seed in seeds_for(row, demo=True)]
     assert [(r.name, s) for r, s in plan] == [("full_ft", 0), ("spec_lora_r2", 0), ("lora_r2", 0), ("lora_r2", 1),
                                               ("mixc_e8_r2_instr", 0), ("mixc_e8_r2_instr", 1)]

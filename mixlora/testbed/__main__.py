@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .recipe import DATA, DEMO, TABLE, Budget, build_tasks, run_dirs, run_table, seeds_for
+from .recipe import DEMO, DEMO_DATA, TABLE, TABLE_DATA, Budget, build_tasks, run_dirs, run_table, seeds_for
 from .rows import DEMO_ROWS, ROWS, select_rows
 
 
@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("demo", "table", "report"))
     parser.add_argument("out", type=Path, help="output folder (runs/demo, runs/mini, ...)")
-    parser.add_argument("--data", type=Path, default=Path("data/testbed"), help="testbed data folder (generated "
-                        "when it has no manifest.json)")
+    parser.add_argument("--data", type=Path, default=None, help="testbed data folder (generated when it has no "
+                        "manifest.json; default data/testbed for demo, data/testbed_table for table and report: the "
+                        "table's build has 3,000 training records per task, the demo's 600)")
     parser.add_argument("--rows", nargs="+", default=None, help=f"rows to run (default: all; demo: "
                         f"{' '.join(DEMO_ROWS)}); names: {' '.join(r.name for r in ROWS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -71,14 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out, data = args.out.resolve(), args.data.resolve()
+    demo = args.command == "demo"
+    data = args.data or Path("data/testbed" if demo else "data/testbed_table")
+    out, data = args.out.resolve(), data.resolve()
     command = "python -m mixlora.testbed " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     from mixlora.data.testbed import make_testbed
 
     tasks = build_tasks(data)
     if args.command == "report":
         return _report(out, data, tasks, command, args)
-    demo = args.command == "demo"
     plan = [(row, seed) for row in rows for seed in (args.seeds if args.seeds is not None else seeds_for(row, demo))]
     if args.dry_run:
         for row, seed in plan:
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     _say(f"1/4 testbed data ({data})")
     try:
-        make_testbed(data, progress=sys.stderr.isatty(), overwrite=args.overwrite_data, **DATA)
+        make_testbed(data, progress=sys.stderr.isatty(), overwrite=args.overwrite_data,
+                     **(DEMO_DATA if demo else TABLE_DATA))
     except (FileExistsError, ValueError) as err:  # a folder holding other data, or a half-written build
         print(f"error: {err}\n(here: --overwrite-data rebuilds {data}; --data chooses another folder)",
               file=sys.stderr)
