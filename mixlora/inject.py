@@ -18,7 +18,7 @@ from torch import nn
 
 from .layers import LoRALinear, MixLoRALinear
 from .options import (ADAPTER_KINDS, CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_PRECISIONS, ROUTING_SOURCES,
-                      ROUTING_TOKENS, check_choice)
+                      ROUTING_TOKENS, check_choice, check_rank)
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Path components that are never adapted, whatever the targets say (the paper adapts the LLM only).
@@ -40,7 +40,7 @@ class AdapterConfig:
         rank: r (LoRA rank, or factors selected per instance).
         alpha: the update is multiplied by alpha / rank.
         dropout: adapter-input dropout.
-        num_factors: E, pool size (mixlora only; must exceed rank).
+        num_factors: E, pool size (mixlora only; must exceed rank: ``mixlora.options.check_rank``).
         cfs, router_grad, routing_tokens, routing_precision, decode_routing, routing_source: MixLoRA modes
             (``mixlora.options``).
         target_modules: leaf names of the linears to adapt.
@@ -78,13 +78,7 @@ class AdapterConfig:
             if len(self.layers) != 2 or not 0 <= self.layers[0] < self.layers[1]:
                 raise ValueError(f"layers must be [start, end) with 0 <= start < end, got {self.layers!r}")
         if self.kind == "mixlora":
-            if not isinstance(self.num_factors, int) or self.num_factors <= 0:
-                raise ValueError(f"num_factors must be a positive integer for MixLoRA, got {self.num_factors!r}")
-            if self.rank >= self.num_factors:
-                raise ValueError(
-                    f"rank={self.rank} must be smaller than num_factors={self.num_factors}: MixLoRA selects r of "
-                    "E factors per instance (e.g. num_factors=16, rank=4)."
-                )
+            check_rank(self.rank, self.num_factors)
             check_choice("cfs", self.cfs, CFS_MODES)
             check_choice("router_grad", self.router_grad, ROUTER_GRAD_MODES)
             check_choice("routing_tokens", self.routing_tokens, ROUTING_TOKENS)

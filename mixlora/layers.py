@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .options import (CFS_MODES, DECODE_ROUTING, ROUTER_GRAD_MODES, ROUTING_PRECISIONS, ROUTING_SOURCES, ROUTING_TOKENS,
-                      check_choice)
+                      check_choice, check_rank)
 
 
 def _check_common(base: nn.Module, rank: int, alpha: float, dropout: float) -> None:
@@ -161,7 +161,7 @@ class MixLoRALinear(nn.Module):
     Args:
         base: the frozen ``nn.Linear(d_in, d_out)``.
         num_factors: E, the size of each factor pool.
-        rank: r, factors selected per instance (1 <= r < E).
+        rank: r, factors selected per instance (1 <= r < E: ``mixlora.options.check_rank``).
         alpha: the update is multiplied by ``alpha / rank`` (the released scripts use alpha = 2E).
         dropout: dropout on the adapter input (after routing, as released).
         cfs: ``"none" | "paper" | "released"`` (see ``mixlora.options``).
@@ -198,13 +198,7 @@ class MixLoRALinear(nn.Module):
     ):
         super().__init__()
         _check_common(base, rank, alpha, dropout)
-        if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors <= 0:
-            raise ValueError(f"num_factors must be a positive integer, got {num_factors!r}")
-        if rank > num_factors:
-            raise ValueError(
-                f"rank={rank} is larger than the factor pool num_factors={num_factors}: MixLoRA selects r of E "
-                "factors, so use rank <= num_factors (rank < num_factors for a real mixture)."
-            )
+        check_rank(rank, num_factors)
         self.cfs = check_choice("cfs", cfs, CFS_MODES)
         self.router_grad = check_choice("router_grad", router_grad, ROUTER_GRAD_MODES)
         self.routing_tokens = check_choice("routing_tokens", routing_tokens, ROUTING_TOKENS)

@@ -54,3 +54,18 @@ def check_choice(name: str, value, choices: tuple) -> str:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not a valid option; choose one of {', '.join(map(repr, choices))}.")
     return value
+
+
+def check_rank(rank, num_factors) -> None:
+    """The one rule for MixLoRA's sizes: 1 <= rank < num_factors (r of E factors selected per instance).
+
+    r = E is refused: every instance would select the whole pool, so routing would only permute the slots and
+    (without CFS weighting) the layer would be LoRA of rank E at a higher cost; use ``kind="lora"`` for that.
+    """
+    if not isinstance(num_factors, int) or isinstance(num_factors, bool) or num_factors <= 0:
+        raise ValueError(f"num_factors must be a positive integer for MixLoRA, got {num_factors!r}")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if rank >= num_factors:
+        raise ValueError(f"rank={rank} must be smaller than num_factors={num_factors}: MixLoRA selects r of E "
+                         "factors per instance (e.g. num_factors=16, rank=4).")

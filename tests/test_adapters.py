@@ -74,22 +74,9 @@ def test_zero_b_equals_base(cfs, routing_tokens):
 
 
 # ----------------------------------------------------------------------------- MixLoRA == LoRA special cases
-def test_mixlora_with_E_equal_r_equals_lora():
-    """E = r selects every factor; with identical routers A and B are sorted alike, so slot i pairs a_e with b_e."""
-    mix = _mix(E=4, r=4, alpha=8.0, cfs="none", routing_tokens="all")
-    with torch.no_grad():
-        mix.router_b.weight.copy_(mix.router_a.weight)
-    lora = LoRALinear(nn.Linear(8, 6), rank=4, alpha=8.0)
-    lora.base.load_state_dict(mix.base.state_dict())
-    with torch.no_grad():
-        lora.lora_a.copy_(mix.lora_a)
-        lora.lora_b.copy_(mix.lora_b)
-    x = torch.randn(3, 5, 8)
-    torch.testing.assert_close(mix(x), lora(x), rtol=1e-5, atol=1e-5)
-
-
 def test_mixlora_routers_forced_to_index_order_equals_lora_on_first_r_factors():
-    """logit_e = (E - e) · h[0] with h[0] > 0 ranks factors 0, 1, 2, ...: top-r = the first r rows."""
+    """logit_e = (E - e) · h[0] with h[0] > 0 ranks factors 0, 1, 2, ...: top-r = the first r rows, and A's slot i
+    pairs with B's slot i, so the layer is LoRA on those rows. (r = E, the whole pool, is refused: check_rank.)"""
     E, r = 6, 3
     mix = _mix(E=E, r=r, alpha=6.0, cfs="none", routing_tokens="all")
     order = torch.zeros(E, 8)
@@ -385,8 +372,12 @@ def test_never_materialises_a_per_instance_delta_w():
 
 
 def test_bad_layer_arguments():
-    with pytest.raises(ValueError, match="larger than the factor pool"):
-        MixLoRALinear(nn.Linear(4, 4), num_factors=4, rank=5, alpha=1.0)
+    # one rule, checked by the layer and by AdapterConfig alike (mixlora.options.check_rank): 1 <= r < E
+    for rank in (4, 5):
+        with pytest.raises(ValueError, match=f"rank={rank} must be smaller than num_factors=4"):
+            MixLoRALinear(nn.Linear(4, 4), num_factors=4, rank=rank, alpha=1.0)
+    with pytest.raises(ValueError, match="num_factors must be a positive integer"):
+        MixLoRALinear(nn.Linear(4, 4), num_factors=0, rank=1, alpha=1.0)
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         LoRALinear(nn.Linear(4, 4), rank=0, alpha=1.0)
     with pytest.raises(ValueError, match="cfs='paper_eq' is not a valid option"):

@@ -332,8 +332,8 @@ def test_select_tasks_matches_whole_names_and_wildcards_ignoring_case():
 ])
 def test_data_tasks_setting_is_validated(tasks, message):
     with pytest.raises(ConfigError, match=message):
-        DataSettings(annotations="train.json", tasks=tasks)
-    assert DataSettings(annotations="train.json", tasks=("a+*",)).tasks == ["a+*"]
+        DataSettings(annotations="train.json", image_folder=None, tasks=tasks)
+    assert DataSettings(annotations="train.json", image_folder=None, tasks=("a+*",)).tasks == ["a+*"]
 
 
 def test_a_task_pattern_matching_nothing_stops_training_with_the_task_names(suite, tmp_path):

@@ -227,17 +227,19 @@ def test_training_reports_a_refused_folder_as_a_config_error(tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    data = DataSettings(annotations=str(busy / "train.json"), generate={"seed": 0, **TINY})
+    data = DataSettings(annotations=str(busy / "train.json"), image_folder=None, generate={"seed": 0, **TINY})
     with pytest.raises(ConfigError, match=r"data.annotations=.*is missing, and the synthetic suite cannot be "
                                           r"generated there: .*holds no manifest.json"):
         ensure_synthetic(data)
     assert os.listdir(busy) == ["keep.txt"] and (busy / "keep.txt").read_text() == "mine"
     # A name the suite does not write is refused before anything is built.
-    other = DataSettings(annotations=str(tmp_path / "new" / "captions.json"), generate={"seed": 0, **TINY})
+    other = DataSettings(annotations=str(tmp_path / "new" / "captions.json"), image_folder=None,
+                         generate={"seed": 0, **TINY})
     with pytest.raises(ConfigError, match="must name its train.json"):
         ensure_synthetic(other)
     assert not (tmp_path / "new").exists()
-    assert ensure_synthetic(DataSettings(annotations=str(tmp_path / "off" / "train.json"))) is None  # generate=null
+    off = DataSettings(annotations=str(tmp_path / "off" / "train.json"), image_folder=None)  # generate=null
+    assert ensure_synthetic(off) is None
     assert not (tmp_path / "off").exists()
 
 
@@ -245,7 +247,8 @@ def test_training_generates_into_the_annotations_folder(tmp_path, reference):
     from mixlora.train.data import ensure_synthetic
     from mixlora.train.settings import DataSettings
 
-    data = DataSettings(annotations=str(tmp_path / "suite" / "train.json"), generate={"seed": 0, **TINY})
+    data = DataSettings(annotations=str(tmp_path / "suite" / "train.json"), image_folder=None,
+                        generate={"seed": 0, **TINY})
     assert ensure_synthetic(data) == tmp_path / "suite"
     assert _hashes(tmp_path / "suite") == reference
     assert ensure_synthetic(data) is None  # the file exists now

@@ -1,7 +1,14 @@
-"""Config helpers: the OmegaConf resolvers the configs use, and composing configs/train.yaml from Python.
+"""Config helpers: the OmegaConf resolvers and config schemas, and composing configs/train.yaml from Python.
 
 Resolvers (registered on import of ``mixlora.train``):
     ${mul:a,b}   a * b   e.g. ``alpha: ${mul:2,${.rank}}`` (LoRA's alpha = 2r, released MixLoRA's alpha = 2E)
+
+Schemas (registered with the resolvers): every default of the ``adapter``, ``trainer``, ``data`` and ``logger``
+nodes lives in one place, the dataclass that validates the node (:class:`mixlora.AdapterConfig`,
+:class:`~mixlora.train.settings.TrainerSettings`, ``DataSettings``, ``LoggerSettings``). Each is stored in Hydra's
+ConfigStore as ``schema/<node>``, and every YAML option of that group starts from it
+(``defaults: [/schema/<node>@_here_, _self_]``) and sets only what the option chooses. So the composed node has
+every field (``adapter.dropout=0`` overrides without a ``+``), and a default changes in one place.
 """
 
 from __future__ import annotations
@@ -35,9 +42,42 @@ def _mul(a, b):
     return a * b
 
 
+def schema_defaults(cls) -> dict:
+    """{field: default} of a settings dataclass; a field without a default is ``???`` (Hydra's "must be set")."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+        else:
+            values[f.name] = "???"
+    return values
+
+
+def register_schemas() -> None:
+    """Store ``schema/{adapter,trainer,data,logger}`` (the dataclasses' defaults) in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from mixlora.inject import AdapterConfig
+
+    from .settings import DataSettings, LoggerSettings, TrainerSettings
+
+    store = ConfigStore.instance()
+    nodes = {"adapter": {"_target_": "mixlora.inject.AdapterConfig", **schema_defaults(AdapterConfig)},
+             "trainer": schema_defaults(TrainerSettings), "data": schema_defaults(DataSettings),
+             "logger": schema_defaults(LoggerSettings)}
+    for name, node in nodes.items():
+        store.store(group="schema", name=name, node=node)
+
+
 def register_resolvers() -> None:
+    """The ``mul`` resolver and the config schemas (both needed before Hydra composes configs/train.yaml)."""
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", _mul)
+    register_schemas()
 
 
 def compose_config(overrides: Sequence[str] = (), config_dir: Optional[str | Path] = None,

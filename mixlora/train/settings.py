@@ -111,7 +111,8 @@ class TrainerSettings:
     max_steps: Optional[int] = None
     global_batch_size: int = 8
     micro_batch_size: int = 8
-    optimizer: dict = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3})
+    optimizer: dict = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3,
+                                                     "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0})
     lr_schedule: str = "cosine"
     warmup_ratio: float = 0.03
     warmup_steps: Optional[int] = None
@@ -210,10 +211,13 @@ class DataSettings:
     ``task_definitions``: path of a JSON object task_name -> definition text (``mixlora.data.definitions``), for
     ``adapter.routing_source=task`` only (and required by it): every task_name of the training file must have
     one; each micro-batch then gains one definition row per task. null: no definition rows.
+
+    ``annotations`` and ``image_folder`` have no default: every data config names its files (``image_folder:
+    null`` for records whose image paths are absolute, or that have no images).
     """
 
     annotations: str
-    image_folder: Optional[str] = None
+    image_folder: Optional[str]  # required: a config states it (null: records with absolute image paths or none)
     template: str = "vicuna_v1"
     max_length: int = 2048
     overlong: str = "truncate_answer"
