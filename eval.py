@@ -137,7 +137,7 @@ def load_stack(cfg: DictConfig):
         source["adapter"] = (f"{adapter.kind} E={adapter.num_factors} r={adapter.rank} "
                              f"decode_routing={adapter.decode_routing}")
     if cfg.decode_routing is not None:
-        from mixlora.evaluate import set_decode_routing
+        from mixlora.tasks.evaluate import set_decode_routing
 
         if set_decode_routing(stack.model, cfg.decode_routing) == 0:
             logger.warning("decode_routing=%s ignored: the model has no MixLoRA layers", cfg.decode_routing)
@@ -154,7 +154,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 def run_eval(cfg: DictConfig) -> dict:
     """Everything ``python eval.py`` does, for a composed config; returns the summary (eval/metrics.json)."""
-    from mixlora.evaluate import (Decoding, check_progress_interval, check_task_definitions, evaluate, load_examples,
+    from mixlora.tasks.evaluate import (Decoding, check_progress_interval, check_task_definitions, evaluate, load_examples,
                                   resolve_task_definitions)
     from mixlora.options import check_choice
     from mixlora.scoring.aggregate import POPE_METRICS

@@ -72,10 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_definitions(args: argparse.Namespace, suite: Path):
     """The task definitions the model routes on, or None for instance routing: for --run, eval.py's own rule
-    (``mixlora.evaluate.resolve_task_definitions``); for a fresh --model, --task-definitions or the suite's file.
+    (``mixlora.tasks.evaluate.resolve_task_definitions``); for a fresh --model, --task-definitions or the suite's file.
     A file given for a model that does not route on definitions is an error."""
     from mixlora.data.definitions import DEFINITIONS_FILE, load_definitions
-    from mixlora.evaluate import resolve_task_definitions
+    from mixlora.tasks.evaluate import resolve_task_definitions
 
     if args.run:
         if args.routing_source != "instance":

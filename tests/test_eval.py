@@ -1,4 +1,4 @@
-"""eval.py, the generation loop (mixlora.evaluate), the task modules (mixlora.tasks) and the lmms-eval plugin.
+"""eval.py, the generation loop (mixlora.tasks.evaluate), the task modules (mixlora.tasks) and the lmms-eval plugin.
 
 References are independent of the code under test: hand-written records with hand-computed scores (official
 rules of docs/benchmarks.md), prompts written out as literal template strings, the official scorers' CLI run on
@@ -25,7 +25,7 @@ from mixlora import AdapterConfig, MixLoRALinear, inject_adapters
 from mixlora.build import build_stack, build_tokenizer_from_config, load_run, save_run
 from mixlora.data.synthetic import generate_suite
 from mixlora.scoring.score import main as score_cli
-from mixlora.evaluate import Decoding, evaluate_task, generate_answers, set_decode_routing
+from mixlora.tasks.evaluate import Decoding, evaluate_task, generate_answers, set_decode_routing
 from mixlora.tasks import cifar10, cvbench, mme, mnist, pope, snli_ve, textvqa, vsr
 from mixlora.tasks.common import Example, TaskError, build_question
 from mixlora.tasks.predictions import PredictionFile

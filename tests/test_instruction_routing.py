@@ -22,7 +22,7 @@ from mixlora.data.dataset import ConversationDataset
 from mixlora.data.images import ImageProcessor
 from mixlora.data.templates import encode_segments, get_template, render_prompt
 from mixlora.data.tokenizer import build_tokenizer
-from mixlora.evaluate import encode_question
+from mixlora.tasks.evaluate import encode_question
 from mixlora.model import build_tiny_llava
 
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "

@@ -454,7 +454,7 @@ def test_preflight_checks_task_routing_and_definitions(suite, tmp_path):
 
 
 def test_every_held_out_example_of_the_suite_finds_its_definition(suite):
-    from mixlora.evaluate import check_task_definitions, load_examples
+    from mixlora.tasks.evaluate import check_task_definitions, load_examples
 
     script = eval_script()
     cfg = compose_eval(["run=null", f"data_root={suite}",

@@ -402,11 +402,11 @@ def analyse_routing(stack, prompts: dict[str, list[dict]], heldout: Sequence[str
         closest: {held-out: training tasks listed as closest} (the synthetic manifest's).
         layers: decoder layers to analyse; parts: ``"ab" | "a" | "b"``; linkage: ``"centroid" | "average"``.
         definitions: {key: text}, required by (and only accepted for) a model with task routing: each prompt
-            gets its task's definition row (``mixlora.evaluate.attach_definition``, the rows eval.py builds),
+            gets its task's definition row (``mixlora.tasks.evaluate.attach_definition``, the rows eval.py builds),
             rendered with ``template`` and no image; every task's key is checked before the first forward.
     """
     from mixlora.data.collator import GenerationCollator
-    from mixlora.evaluate import attach_definition, check_definitions
+    from mixlora.tasks.evaluate import attach_definition, check_definitions
 
     check_choice("parts", parts, SELECTION_PARTS)
     check_choice("linkage", linkage, LINKAGES)

@@ -368,7 +368,7 @@ class LlavaMixModel(nn.Module):
                     f"{len(per_step)} MixLoRA layers (e.g. {per_step[0]}) route on task definitions with "
                     "decode_routing='per_step', which would re-route every decode step on the definition row's own "
                     "new token instead of its definition; generate with decode_routing='prefill' (eval.py: "
-                    "decode_routing=prefill; mixlora.evaluate.set_decode_routing) so the prefill selection made on "
+                    "decode_routing=prefill; mixlora.tasks.evaluate.set_decode_routing) so the prefill selection made on "
                     "the definition is reused"
                 )
         if generate_kwargs.get("use_cache", True) is False:

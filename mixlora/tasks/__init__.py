@@ -9,7 +9,7 @@
 ``predictions``     the resumable predictions file; ``report``: eval/metrics.json and results.md.
 
 Tasks are built by Hydra from ``configs/task/<name>.yaml`` (``_target_`` = a class or ``build`` function here)
-and run by ``mixlora.evaluate``. Scoring is delegated to ``mixlora.scoring`` (docs/eval_scoring.md).
+and run by ``mixlora.tasks.evaluate``. Scoring is delegated to ``mixlora.scoring`` (docs/eval_scoring.md).
 
 Each former per-set module path (``mixlora.tasks.vsr``, ``.snli_ve``, ``.cifar10``, ``.cifar100``, ``.mnist``)
 is a small alias module registered here, holding the set's ``build`` (``classification.set_builder``), so

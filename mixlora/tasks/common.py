@@ -1,7 +1,7 @@
 """What every evaluation task shares: the example type, the task interface, prompt building and file reading.
 
 A task turns local benchmark files into :class:`Example` s (one question + one image each) and scores the
-model's answers with the official scorer of ``mixlora.scoring``. ``mixlora.evaluate`` does the generation in
+model's answers with the official scorer of ``mixlora.scoring``. ``mixlora.tasks.evaluate`` does the generation in
 between; it never looks inside a task's records.
 
 Prompt building (``build_question``), the released evaluation's steps in order::
@@ -12,7 +12,7 @@ Prompt building (``build_question``), the released evaluation's steps in order::
                                                                     word or phrase.", LLaVA-1.5 / lmms-eval)
 
 ``prompts="as_is"`` (the released settings) skips the strip and the suffix; only the "[Options]" replacement
-stays. The template (``vicuna_v1``/``llava_v1``) and the image tag are added later by ``mixlora.evaluate``.
+stays. The template (``vicuna_v1``/``llava_v1``) and the image tag are added later by ``mixlora.tasks.evaluate``.
 
 Limits (``limit=N``) keep the first N examples of each *group*, so a smoke run still covers every part of a
 benchmark: each MME subtask (rounded up to whole images, 2 questions each), each POPE split, each CV-Bench task,
@@ -62,7 +62,7 @@ class Example:
 
 
 class Task(Protocol):
-    """The interface ``mixlora.evaluate`` needs. Each module in ``mixlora.tasks`` provides one implementation.
+    """The interface ``mixlora.tasks.evaluate`` needs. Each module in ``mixlora.tasks`` provides one implementation.
 
     name:            output folder name (``eval/<name>/``) and the key in ``eval/metrics.json``.
     max_new_tokens:  default generation length for this task (a decoding config may override it).

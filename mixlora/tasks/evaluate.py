@@ -40,15 +40,15 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from .checkpoint import atomic_write
-from .data.collator import GenerationCollator
-from .data.templates import (encode_segments, expand_image_tokens, get_template, image_token_id_of, render_prompt,
+from ..checkpoint import atomic_write
+from ..data.collator import GenerationCollator
+from ..data.templates import (encode_segments, expand_image_tokens, get_template, image_token_id_of, render_prompt,
                              shift_span)
-from .options import DECODE_ROUTING, check_choice
-from .progress import TaskProgress, resolve_progress
-from .tasks.common import PROMPT_MODES, Example, Task, TaskError, definition_keys, find_definition, jsonable
-from .tasks.predictions import PredictionFile
-from .tasks.report import results_markdown, summarize
+from ..options import DECODE_ROUTING, check_choice
+from ..progress import TaskProgress, resolve_progress
+from .common import PROMPT_MODES, Example, Task, TaskError, definition_keys, find_definition, jsonable
+from .predictions import PredictionFile
+from .report import results_markdown, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Decoding:
 
 def set_decode_routing(model: torch.nn.Module, mode: Optional[str]) -> int:
     """Force every MixLoRA layer's ``decode_routing`` (None keeps the adapter config's); returns the layer count."""
-    from .layers import MixLoRALinear
+    from ..layers import MixLoRALinear
 
     if mode is None:
         return 0
@@ -163,7 +163,7 @@ def load_pixels(processor, example: Example, task_name: str = "task") -> torch.T
     """``[3, S, S]`` for an example whose image is a file path, a PIL image, or None (text-only: a blank image)."""
     from PIL import Image
 
-    from .data.images import IMAGE_ERRORS
+    from ..data.images import IMAGE_ERRORS
 
     if example.image is None:
         return processor.blank()
@@ -178,7 +178,7 @@ def load_pixels(processor, example: Example, task_name: str = "task") -> torch.T
 
 def task_routed(model: torch.nn.Module) -> bool:
     """Whether any MixLoRA layer of ``model`` routes on task definitions (``routing_source="task"``)."""
-    from .layers import MixLoRALinear
+    from ..layers import MixLoRALinear
 
     return any(isinstance(m, MixLoRALinear) and m.routing_source == "task" for m in model.modules())
 
@@ -214,8 +214,8 @@ def resolve_task_definitions(path: Optional[str], run: Optional[str]) -> Optiona
 
     A relative path in the run's config is resolved against the current folder, as train.py resolved it.
     """
-    from .checkpoint import CONFIG_NAME
-    from .data.definitions import DefinitionError, load_definitions
+    from ..checkpoint import CONFIG_NAME
+    from ..data.definitions import DefinitionError, load_definitions
 
     routed = False
     if run is not None and (Path(run) / CONFIG_NAME).is_file():
@@ -282,7 +282,7 @@ def generate_answers(stack, examples: Sequence[Example], decoding: Decoding, max
     kwargs = decoding.generate_kwargs(max_new_tokens, tokenizer)
     encoder = None
     if definitions is not None:
-        from .data.definitions import DefinitionEncoder
+        from ..data.definitions import DefinitionEncoder
 
         encoder = DefinitionEncoder(definitions, tokenizer, decoding.template)
     for start in range(0, len(examples), batch_size):

@@ -1,7 +1,7 @@
 """The testbed recipe, shared by the demo and the full table: data -> stage-1 base -> stage-2 rows -> evaluation.
 
 Every run goes through the same entry points as ``python train.py`` (``mixlora.train.run`` on a composed
-config) and the same library evaluation as ``eval.py`` (``mixlora.build.load_run`` + ``mixlora.evaluate``), in
+config) and the same library evaluation as ``eval.py`` (``mixlora.build.load_run`` + ``mixlora.tasks.evaluate``), in
 this process, so the per-run cost is the training and generation themselves, not interpreter start-up.
 
 Layout of OUT::
@@ -151,7 +151,7 @@ def test_tasks(data: Path) -> dict:
 def evaluate_run(run_dir: Path, data: Path, budget: Budget, task: Optional[str] = None) -> dict:
     """Score ``run_dir`` on both splits (only ``task``'s records for a specialist); writes ``run_dir/eval/``."""
     from mixlora.build import load_run
-    from mixlora.evaluate import evaluate, load_examples
+    from mixlora.tasks.evaluate import evaluate, load_examples
 
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.is_file():

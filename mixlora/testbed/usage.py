@@ -18,7 +18,7 @@ import torch
 def routing_usage(run_dir: Path, data: Path, per_task: int = 50, batch_size: int = 100) -> dict:
     from mixlora.build import load_run
     from mixlora.data.collator import GenerationCollator
-    from mixlora.evaluate import prompt_sample
+    from mixlora.tasks.evaluate import prompt_sample
     from mixlora.routing_state import last_selections, mixlora_layers
 
     from .recipe import TEMPLATE, test_tasks

@@ -6,7 +6,7 @@ lmms-eval's model interface (``lmms_eval.api.model.lmms``; docs/benchmarks.md#lm
   ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)``; the image is
   ``doc_to_visual(self.task_dict[task][split][doc_id])`` (a list of PIL images: exactly one is used, none gives
   a blank image as for text-only training records). The context goes through our template
-  (``template=vicuna_v1`` by default) with the image in front, then ``mixlora.evaluate.generate_answers``:
+  (``template=vicuna_v1`` by default) with the image in front, then ``mixlora.tasks.evaluate.generate_answers``:
   batched (``batch_size``) per lmms-eval task, left-padded, routing on the prompt. ``gen_kwargs``:
   ``max_new_tokens`` (default ``max_new_tokens`` of the model args), ``temperature`` (> 0 samples, else greedy),
   ``top_p``, ``until`` (stop strings, cut from the decoded text). Beam search is refused (MixLoRA routes per
@@ -20,7 +20,7 @@ lmms-eval's model interface (``lmms_eval.api.model.lmms``; docs/benchmarks.md#lm
 Task routing (a run trained with ``adapter.routing_source=task``): each request routes on the definition of its
 lmms-eval task, looked up under the task name (``args[4]``: ``mme``, ``pope_adv``, ``mixlora_synth_pope``) in the
 definitions {key: text} of ``task_definitions=PATH`` (a ``task_definitions.json``; by default the run's
-``data.task_definitions``, as eval.py). The rows are built by ``mixlora.evaluate`` itself
+``data.task_definitions``, as eval.py). The rows are built by ``mixlora.tasks.evaluate`` itself
 (``attach_definition``: one definition row per task of a batch, routing the instance rows at prefill); every task
 of a call is checked first, and a task without a definition is an error naming it and the file to add it to.
 
@@ -80,7 +80,7 @@ class MixLoRA(_Base):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise RuntimeError("mixlora: the lmms-eval plugin runs in a single process; launch without accelerate/"
                                "torchrun (WORLD_SIZE > 1)")
-        from mixlora.evaluate import Decoding, resolve_task_definitions, set_decode_routing
+        from mixlora.tasks.evaluate import Decoding, resolve_task_definitions, set_decode_routing
 
         Decoding(template=template)  # validates the template name now, not at the first request
         self.template, self.max_new_tokens, self.seed = template, int(max_new_tokens), int(seed)
@@ -159,14 +159,14 @@ class MixLoRA(_Base):
     def _with_definition(self, sample: dict, example) -> dict:
         """``sample`` with its task's definition row attached (task routing), through the evaluation loop's own
         helper; unchanged otherwise."""
-        from mixlora.evaluate import attach_definition
+        from mixlora.tasks.evaluate import attach_definition
 
         if self._encoder is None:
             return sample
         return attach_definition(sample, example, str(example.group), self.definitions, self._encoder)
 
     def _decoding(self, gen_kwargs: dict):
-        from mixlora.evaluate import Decoding
+        from mixlora.tasks.evaluate import Decoding
 
         if int(gen_kwargs.get("num_beams", 1) or 1) != 1:
             raise ValueError("mixlora: num_beams > 1 is not supported (MixLoRA routes each instance; beam search "
@@ -183,7 +183,7 @@ class MixLoRA(_Base):
 
     # ------------------------------------------------------------------ lmms-eval interface
     def generate_until(self, requests) -> list[str]:
-        from mixlora.evaluate import generate_answers
+        from mixlora.tasks.evaluate import generate_answers
         from mixlora.tasks.common import Example
 
         self._check_definitions(request.args[4] for request in requests)
@@ -212,7 +212,7 @@ class MixLoRA(_Base):
         from mixlora.data.collator import GenerationCollator
         from mixlora.data.templates import (Segment, encode_segments, expand_image_tokens, get_template,
                                             image_token_id_of, render_prompt)
-        from mixlora.evaluate import load_pixels
+        from mixlora.tasks.evaluate import load_pixels
         from mixlora.tasks.common import Example
 
         self._check_definitions(request.args[4] for request in requests)
