@@ -402,12 +402,13 @@ def test_table_script_dry_run_prints_one_train_and_one_eval_per_row(key, tmp_pat
     for row, kind, argv in cmds:
         if kind == "train":
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-            assert argv[:7] == [*launcher, "train.py"]
-            assert argv[7:10] == [f"experiment={row}", f"output_dir={tmp_path / 'out' / row}", "resume=true"]
-            assert argv[10:12] == ["model.paths.llm=/ckpt/llm", "trainer.max_steps=3"]  # passed through, in order
+            assert argv[:8] == [*launcher, "-m", "mixlora.train.cli"]  # the package's entry point (= train.py)
+            assert argv[8:11] == [f"experiment={row}", f"output_dir={tmp_path / 'out' / row}", "resume=true"]
+            assert argv[11:13] == ["model.paths.llm=/ckpt/llm", "trainer.max_steps=3"]  # passed through, in order
             assert "limit=2" not in argv
         elif kind == "eval":
-            assert argv[:4] == [sys.executable, "eval.py", f"run={tmp_path / 'out' / row}", "device=cpu"]
+            assert argv[:5] == [sys.executable, "-m", "mixlora.tasks.cli", f"run={tmp_path / 'out' / row}",
+                                "device=cpu"]  # the package's entry point (= eval.py)
             assert argv[-2:] == ["limit=2", "task.mme.path=/data/mme"]  # after the table's own, so they win
             assert "trainer.max_steps=3" not in argv
     aggregate = [argv for _, kind, argv in cmds if kind == "aggregate"]
@@ -429,7 +430,7 @@ def test_table_runner_rows_filter_single_trainer_and_finished_runs(tmp_path):
         ("t1c_mixlora_e32_r8", "train"), ("t1c_mixlora_e32_r8", "eval")]
     assert "[t1_lora_r4] train: skipped" in proc.stdout  # finished: evaluated, not trained again
     train = next(argv for _, kind, argv in cmds if kind == "train")
-    assert train[:2] == [sys.executable, "train.py"]  # trainer=single: one plain process, no torchrun
+    assert train[:3] == [sys.executable, "-m", "mixlora.train.cli"]  # trainer=single: one plain process, no torchrun
     # --rows may be repeated; options may come between the overrides
     both = tables("table1", tmp_path / "out", "--rows", "t1c_*_r8", "trainer=single", "--dry-run", "--rows",
                   "t1_lora_r4", "--", "limit=1")
@@ -504,14 +505,14 @@ def test_sweep_dry_run_builds_the_grid_and_the_slurm_variant(tmp_path):
     assert proc.returncode == 0, proc.stderr
     cmds = commands(proc.stdout)
     mix, lora_grid = [argv for _, kind, argv in cmds if kind == "train"]
-    common = [sys.executable, "train.py", "--multirun", "experiment=paper_base", "resume=true",
+    common = [sys.executable, "-m", "mixlora.train.cli", "--multirun", "experiment=paper_base", "resume=true",
               f"hydra.sweep.dir={tmp_path / 'sw'}"]
-    assert mix[:6] == common and lora_grid[:6] == common
-    assert mix[6:] == ["adapter=mixlora_released,mixlora", "adapter.num_factors=16,32", "adapter.rank=2,4",
+    assert mix[:7] == common and lora_grid[:7] == common
+    assert mix[7:] == ["adapter=mixlora_released,mixlora", "adapter.num_factors=16,32", "adapter.rank=2,4",
                        'adapter.alpha="${mul:2,${adapter.num_factors}}"',
                        "hydra.sweep.subdir=${hydra:runtime.choices.adapter}_e${adapter.num_factors}_r${adapter.rank}",
                        "trainer.max_steps=5"]
-    assert lora_grid[6:] == ["adapter=lora", "adapter.rank=4,8", "hydra.sweep.subdir=lora_r${adapter.rank}",
+    assert lora_grid[7:] == ["adapter=lora", "adapter.rank=4,8", "hydra.sweep.subdir=lora_r${adapter.rank}",
                              "trainer.max_steps=5"]
     jobs = [f"{a}_e{E}_r{r}" for a in ("mixlora_released", "mixlora") for E in (16, 32) for r in (2, 4)]
     jobs += ["lora_r4", "lora_r8"]
@@ -527,8 +528,8 @@ def test_sweep_dry_run_builds_the_grid_and_the_slurm_variant(tmp_path):
     # The default grid is Table 1's: E in {16, 32}, r in {2, 4, 8}, LoRA r in {2, ..., 32}.
     default = tables("sweep", tmp_path / "sw", "--dry-run", "--variants", "released,lora")
     mix, lora_grid = [argv for _, kind, argv in commands(default.stdout) if kind == "train"]
-    assert mix[6:9] == ["adapter=mixlora_released", "adapter.num_factors=16,32", "adapter.rank=2,4,8"]
-    assert lora_grid[6:8] == ["adapter=lora", "adapter.rank=2,4,8,16,32"]
+    assert mix[7:10] == ["adapter=mixlora_released", "adapter.num_factors=16,32", "adapter.rank=2,4,8"]
+    assert lora_grid[7:9] == ["adapter=lora", "adapter.rank=2,4,8,16,32"]
     bad = tables("sweep", tmp_path / "sw", "--dry-run", "--alpha", "E")
     assert bad.returncode == 2 and "--alpha must be 2E" in bad.stderr
 

@@ -52,6 +52,14 @@ print(json.dumps({"mixlora": mixlora.__file__, "modules": names, "failures": fai
                   "tasks": sorted(p.stem for p in (shipped_config_dir() / "task").glob("*.yaml"))}))
 """
 
+# Runs an entry point of the installed copy as `python -m MODULE ARGS` would: argv[1] install folder, argv[2] the
+# repository, argv[3] the module, the rest its arguments (the same path isolation as PROBE).
+ENTRY = PROBE[:PROBE.index("import mixlora")] + r"""
+import runpy
+module, sys.argv = sys.argv[3], [sys.argv[3], *sys.argv[4:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
 
 def _source_modules() -> set[str]:
     """Every importable module name of the source tree's mixlora/ (the reference for the installed copy)."""
@@ -96,6 +104,14 @@ def test_installed_copy_imports_every_module_and_composes_the_train_config(tmp_p
     assert Path(result["config_dir"]).resolve() == (site / "mixlora" / "configs").resolve()
     assert {"model", "adapter", "data", "trainer", "logger"} <= set(result["config_keys"])
     assert set(result["tasks"]) == {p.stem for p in (ROOT / "configs" / "task").glob("*.yaml")}
+    # The entry points that train.py and eval.py wrap (and the table runner launches) need no checkout: Hydra
+    # composes the installed config tree, from a folder that holds no configs/.
+    for module, args, expect in [("mixlora.train.cli", ["--cfg", "job", "adapter=lora"], "kind: lora"),
+                                 ("mixlora.tasks.cli", ["--cfg", "job", "run=null"], "decoding:")]:
+        entry = subprocess.run([sys.executable, "-c", ENTRY, str(site), str(ROOT), module, *args],
+                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert entry.returncode == 0, (module, entry.stderr[-3000:])
+        assert expect in entry.stdout, (module, entry.stdout[-2000:])
 
 
 def test_source_checkout_uses_the_top_level_configs():

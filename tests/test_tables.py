@@ -134,8 +134,8 @@ def test_a_submitted_dry_run_prints_the_jobs_commands_and_writes_nothing(tmp_pat
     cmds = commands(proc.stdout)
     assert [(row, kind) for row, kind, _ in cmds] == [("cfs_ifs_e16_r2", "train"), ("cfs_ifs_e16_r2", "eval"),
                                                      ("", "aggregate")]
-    assert cmds[0][2][:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              "train.py"]
+    assert cmds[0][2][:8] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "mixlora.train.cli"]
     assert "device=cuda" in cmds[1][2]  # a SLURM job with GPUs evaluates on them
     assert "submit: 1 job(s) through slurm" in proc.stdout and "gpus_per_node=2" in proc.stdout
     assert "partition=gpu" in proc.stdout and not (tmp_path / "out").exists()

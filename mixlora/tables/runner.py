@@ -2,17 +2,19 @@
 
 For every selected row, in the table's order:
 
-1. train:  ``TORCHRUN --standalone --nproc_per_node N train.py experiment=ROW output_dir=OUT/ROW resume=true
-   [train overrides] [the row's own]``, or one plain ``PY train.py ...`` process when the train overrides hold
+1. train:  ``TORCHRUN --standalone --nproc_per_node N -m mixlora.train.cli experiment=ROW output_dir=OUT/ROW
+   resume=true [train overrides] [the row's own]`` (``mixlora.train.cli`` is what ``train.py`` runs), or one
+   plain ``PY -m mixlora.train.cli ...`` process when the train overrides hold
    ``trainer=single`` (the single-process trainer refuses multi-process launches). A row whose OUT/ROW/run.json
    says ``finished`` is not trained again; any other run there is continued (``resume=true``), so a stopped table
    is simply run again, and tables sharing one OUT share the rows they have in common.
-2. eval:   ``PY eval.py run=OUT/ROW device=DEVICE [the table's eval overrides] [eval overrides]`` (eval.py resumes
-   its own predictions).
+2. eval:   ``PY -m mixlora.tasks.cli run=OUT/ROW device=DEVICE [the table's eval overrides] [eval overrides]``
+   (what ``eval.py`` runs; it resumes its own predictions).
 3. once, at the end: ``PY scripts/aggregate.py OUT/ROW ... --out RESULTS`` (Table 2: scripts/table2_aggregate.py)
    over the rows that worked.
 
-``train.py`` and ``eval.py`` run from the repository root, so relative paths inside overrides are relative to it.
+Training and evaluation are the package's entry points, not the checkout's scripts; every command runs from the
+repository root (the aggregation scripts live there), so relative paths inside overrides are relative to it.
 :mod:`mixlora.tables.submit` runs the same commands as submitit jobs.
 """
 
@@ -30,6 +32,9 @@ from pathlib import Path
 from .rows import SEEN_TASKS, Row, Table
 
 ROOT = Path(__file__).resolve().parents[2]
+# The package's entry points (train.py and eval.py of a checkout run these): ``-m`` works for python and torchrun.
+TRAIN = ("-m", "mixlora.train.cli")
+EVAL = ("-m", "mixlora.tasks.cli")
 # Every process of a table run works offline: the checkpoints are local paths, and a hub lookup would only stall.
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -129,10 +134,10 @@ class TableRun:
 
     def train_command(self, row: Row) -> list[str]:
         if self.single():
-            launch = [self.python, "train.py"]
+            launch = [self.python, *TRAIN]
         else:
             torchrun = self.torchrun or [self.python, "-m", "torch.distributed.run"]
-            launch = [*torchrun, "--standalone", "--nproc_per_node", str(self.nproc), "train.py"]
+            launch = [*torchrun, "--standalone", "--nproc_per_node", str(self.nproc), *TRAIN]
         own = []
         if row.routing == "task" and self.task_definitions is not None:
             own.append(f"data.task_definitions={self.task_definitions}")
@@ -152,7 +157,7 @@ class TableRun:
                         f"+task.seen_{key}.prompt_suffix=''"]
             # Beside, not over, a Table 1 evaluation of the same run in OUT/ROW/eval/.
             own += ["tasks=[" + ",".join(f"seen_{key}" for key in keys) + "]", f"output_dir={self.run_dir(row)}/seen"]
-        return [self.python, "eval.py", f"run={self.run_dir(row)}", f"device={self.eval_device}", *own,
+        return [self.python, *EVAL, f"run={self.run_dir(row)}", f"device={self.eval_device}", *own,
                 *self.eval_overrides]
 
     def aggregate_command(self, rows: list[Row]) -> list[str]:

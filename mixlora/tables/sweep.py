@@ -1,9 +1,10 @@
-"""Grids of rank x factors x variant as Hydra multiruns (``train.py --multirun``), then eval.py on every job and
+"""Grids of rank x factors x variant as Hydra multiruns (``train.py --multirun``, run as its package entry point
+``python -m mixlora.train.cli``), then eval.py (``python -m mixlora.tasks.cli``) on every job and
 scripts/aggregate.py over them. The default grid is Table 1's (:func:`mixlora.tables.rows.grid`).
 
 With the defaults it runs::
 
-    python train.py --multirun experiment=paper_base resume=true hydra.sweep.dir=OUT \\
+    python -m mixlora.train.cli --multirun experiment=paper_base resume=true hydra.sweep.dir=OUT \\
       adapter=mixlora_released,mixlora adapter.num_factors=16,32 adapter.rank=2,4,8 \\
       'adapter.alpha="${mul:2,${adapter.num_factors}}"' \\
       'hydra.sweep.subdir=${hydra:runtime.choices.adapter}_e${adapter.num_factors}_r${adapter.rank}' [overrides]
@@ -20,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runner import TableError, environment, execute, show
+from .runner import EVAL, TRAIN, TableError, environment, execute, show
 from .rows import grid
 
 ADAPTERS = {"released": "mixlora_released", "corrected": "mixlora"}
@@ -80,7 +81,7 @@ class Sweep:
 
     def trainings(self) -> list[tuple[str, list[str], list[str]]]:
         """(tag, train.py multirun command, its job folders) of each multirun."""
-        common = [self.python, "train.py", "--multirun", f"experiment={self.base}", "resume=true",
+        common = [self.python, *TRAIN, "--multirun", f"experiment={self.base}", "resume=true",
                   f"hydra.sweep.dir={self.out}", *HYDRA_LAUNCHERS[self.launcher]]
         out = []
         adapters = [ADAPTERS[v] for v in self.variants if v in ADAPTERS]
@@ -119,7 +120,7 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> int:
     if not sweep.evaluate:
         return 0
     for job in jobs:
-        command = [sweep.python, "eval.py", f"run={sweep.out / job}", f"device={sweep.eval_device}",
+        command = [sweep.python, *EVAL, f"run={sweep.out / job}", f"device={sweep.eval_device}",
                    *sweep.eval_overrides]
         show(f"[{job}] eval", command)
         if not dry_run and (code := execute(command, env)):
