@@ -1,4 +1,6 @@
 #!/usr/bin/env python
+# One file on purpose: one benchmark command; its two measurements (whole generate, one adapted linear) share the
+# variants, the model setup and the report; ~45 lines are its docstring.
 """Greedy decoding speed with a KV cache: frozen vs LoRA vs MixLoRA (prefill-cached vs per-step routing).
 
 Variants, all on the same frozen weights (the adapters wrap the very same ``nn.Linear`` objects and are swapped in
