@@ -158,8 +158,8 @@ def load_deepspeed_json(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"trainer.deepspeed_config {str(p)!r} does not exist (relative paths are resolved "
-                                "against the current directory; the shipped ones are configs/deepspeed/zero2.json "
-                                "and zero3.json)")
+                                "against the current directory; trainer=zero2 / zero3 name the shipped configs/deepspeed/zero2.json "
+                                "and zero3.json by their absolute path)")
     try:
         cfg = json.loads(p.read_text())
     except json.JSONDecodeError as err:

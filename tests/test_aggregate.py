@@ -1,8 +1,7 @@
-"""scripts/aggregate.py builds the tables from fixture run directories (hand-written, in the formats that
+"""mixlora.tables.aggregate (scripts/aggregate.py) builds the tables from fixture run directories (hand-written, in the formats that
 train.py and eval.py write) and puts the paper's numbers beside runs of the paper's stack."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,9 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _aggregate():
-    spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts/aggregate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import mixlora.tables.aggregate as mod
+
     return mod
 
 
@@ -83,3 +81,12 @@ def test_variant_labels_follow_the_cfs_formula_and_routing_tokens():
     assert describe(mix(**{**corrected, "routing_source": "random"}))["variant"] == "corrected, random routing"
     assert describe(mix(**{**corrected, "routing_tokens": "all"}))["variant"].startswith("custom (cfs paper")
     assert describe({"kind": "lora", "rank": 4}) == {"method": "LoRA", "E": None, "r": 4, "variant": ""}
+
+
+def test_the_checkout_script_is_the_package_command(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/aggregate.py"), "--help"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr

@@ -79,7 +79,7 @@ def _source_modules() -> set[str]:
 def test_installed_copy_imports_every_module_and_composes_the_train_config(tmp_path):
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for folder in ("mixlora", "configs"):
+    for folder in ("mixlora", "configs", "results/paper"):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -89,6 +89,7 @@ def test_installed_copy_imports_every_module_and_composes_the_train_config(tmp_p
                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
     assert (site / "mixlora" / "configs" / "train.yaml").is_file()
+    assert (site / "mixlora" / "paper" / "table1.csv").is_file()  # the paper's numbers ship as package data
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run([sys.executable, "-c", PROBE, str(site), str(ROOT)], capture_output=True, text=True,
@@ -107,7 +108,8 @@ def test_installed_copy_imports_every_module_and_composes_the_train_config(tmp_p
     # The entry points that train.py and eval.py wrap (and the table runner launches) need no checkout: Hydra
     # composes the installed config tree, from a folder that holds no configs/.
     for module, args, expect in [("mixlora.train.cli", ["--cfg", "job", "adapter=lora"], "kind: lora"),
-                                 ("mixlora.tasks.cli", ["--cfg", "job", "run=null"], "decoding:")]:
+                                 ("mixlora.tasks.cli", ["--cfg", "job", "run=null"], "decoding:"),
+                                 ("mixlora.tables", ["table1", "--list"], "paper: MME")]:
         entry = subprocess.run([sys.executable, "-c", ENTRY, str(site), str(ROOT), module, *args],
                                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
         assert entry.returncode == 0, (module, entry.stderr[-3000:])

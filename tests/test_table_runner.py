@@ -7,7 +7,6 @@ Table 2's and the routing table's own overrides and the sweep's grid; bad values
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 import shlex
@@ -76,8 +75,8 @@ def test_table_script_dry_run_prints_one_train_and_one_eval_per_row(key, tmp_pat
             assert argv[-2:] == ["limit=2", "task.mme.path=/data/mme"]  # after the table's own, so they win
             assert "trainer.max_steps=3" not in argv
     aggregate = [argv for _, kind, argv in cmds if kind == "aggregate"]
-    tool = "scripts/table2_aggregate.py" if key == "table2" else "scripts/aggregate.py"
-    assert aggregate == [[sys.executable, tool, *[str(tmp_path / "out" / r) for r in expected],
+    tool = "mixlora.tables.aggregate_table2" if key == "table2" else "mixlora.tables.aggregate"
+    assert aggregate == [[sys.executable, "-m", tool, *[str(tmp_path / "out" / r) for r in expected],
                           "--out", str(tmp_path / "results")]]
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
@@ -226,9 +225,8 @@ def test_one_row_runs_end_to_end_through_the_table_runner(suite, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- table 2 table
 def _table2_aggregate():
-    spec = importlib.util.spec_from_file_location("table2_aggregate", ROOT / "scripts/table2_aggregate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import mixlora.tables.aggregate_table2 as mod
+
     return mod
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_experiments import ROOT, commands, local_overrides, suite, tables, tiny_eval  # noqa: E402,F401
+from test_table_runner import ROOT, commands, local_overrides, suite, tables, tiny_eval  # noqa: E402,F401
 
 from mixlora.tables import generate  # noqa: E402
 from mixlora.tables.rows import TABLES, Row, select_rows  # noqa: E402

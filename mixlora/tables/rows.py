@@ -157,7 +157,7 @@ class Table:
     """One paper table: its rows in the order they are run and printed.
 
     key: the name typed in ``python -m mixlora.tables KEY``. paper: the results/paper/ file with its numbers.
-    results: the default folder of the aggregated table. aggregate: the script that writes it. seen: scored on
+    results: the default folder of the aggregated table. aggregate: the module that writes it (``python -m``). seen: scored on
     Table 2's seen tasks (``--seen-eval``) instead of the held-out benchmarks.
     """
 
@@ -166,7 +166,7 @@ class Table:
     paper: str
     results: str
     rows: tuple[str, ...]
-    aggregate: str = "scripts/aggregate.py"
+    aggregate: str = "mixlora.tables.aggregate"
     seen: bool = False
 
     def __post_init__(self):
@@ -202,7 +202,7 @@ TABLES: dict[str, Table] = {t.key: t for t in (
         t2_lora_specialist_r16_scienceqa t2_lora_specialist_r16_coco t2_lora_specialist_r16_fairface
         t2_lora_specialist_r16_inaturalist t2_lora_specialist_r16_stvqa t2_lora_specialist_r16_pacs
         t1_lora_r4 t1_lora_r16 t1_mixlora_e16_r4 t1c_mixlora_e16_r4""".split()),
-          aggregate="scripts/table2_aggregate.py", seen=True),
+          aggregate="mixlora.tables.aggregate_table2", seen=True),
 )}
 
 

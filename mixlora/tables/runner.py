@@ -10,11 +10,13 @@ For every selected row, in the table's order:
    is simply run again, and tables sharing one OUT share the rows they have in common.
 2. eval:   ``PY -m mixlora.tasks.cli run=OUT/ROW device=DEVICE [the table's eval overrides] [eval overrides]``
    (what ``eval.py`` runs; it resumes its own predictions).
-3. once, at the end: ``PY scripts/aggregate.py OUT/ROW ... --out RESULTS`` (Table 2: scripts/table2_aggregate.py)
+3. once, at the end: ``PY -m mixlora.tables.aggregate OUT/ROW ... --out RESULTS`` (Table 2:
+   ``mixlora.tables.aggregate_table2``)
    over the rows that worked.
 
-Training and evaluation are the package's entry points, not the checkout's scripts; every command runs from the
-repository root (the aggregation scripts live there), so relative paths inside overrides are relative to it.
+Every command is a package entry point (``python -m ...``), not a checkout's script, and runs in the directory the
+runner was started from (as ``train.py`` would), so relative paths inside overrides are relative to it; run tables
+from the repository root to use its default data folders (``data/...``).
 :mod:`mixlora.tables.submit` runs the same commands as submitit jobs.
 """
 
@@ -31,7 +33,6 @@ from pathlib import Path
 
 from .rows import SEEN_TASKS, Row, Table
 
-ROOT = Path(__file__).resolve().parents[2]
 # The package's entry points (train.py and eval.py of a checkout run these): ``-m`` works for python and torchrun.
 TRAIN = ("-m", "mixlora.train.cli")
 EVAL = ("-m", "mixlora.tasks.cli")
@@ -161,7 +162,8 @@ class TableRun:
                 *self.eval_overrides]
 
     def aggregate_command(self, rows: list[Row]) -> list[str]:
-        return [self.python, self.table.aggregate, *[str(self.run_dir(r)) for r in rows], "--out", str(self.results)]
+        return [self.python, "-m", self.table.aggregate, *[str(self.run_dir(r)) for r in rows], "--out",
+                str(self.results)]
 
     def environment(self) -> dict[str, str]:
         return environment()
@@ -178,8 +180,8 @@ def show(tag: str, command: list[str]) -> None:
 
 
 def execute(command: list[str], env: dict[str, str]) -> int:
-    """Run a command from the repository root; its exit status (128 + N when killed by signal N, as a shell)."""
-    code = subprocess.run(command, cwd=ROOT, env=env).returncode
+    """Run a command in this directory; its exit status (128 + N when killed by signal N, as a shell)."""
+    code = subprocess.run(command, env=env).returncode
     return code if code >= 0 else 128 - code
 
 

@@ -16,6 +16,7 @@ eval.py resumes its predictions.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import yaml
 
 from mixlora.train.config import shipped_config_dir
 
-from .runner import ROOT, TableError, TableRun, environment, finish, finished, show
+from .runner import TableError, TableRun, environment, finish, finished, show
 
 LAUNCHERS = ("submitit_local", "slurm")
 LAUNCHER_FILES = {"submitit_local": "local", "slurm": "slurm"}
@@ -87,17 +88,19 @@ class RowJob:
     Submitit requeues a job on timeout or preemption when its callable has a ``checkpoint`` method; this one
     resubmits itself unchanged (``resume=true`` does the rest)."""
 
-    def __init__(self, name: str, run_dir: Path, train: list[str], evaluate: list[str]):
+    def __init__(self, name: str, run_dir: Path, train: list[str], evaluate: list[str], cwd: str | None = None):
         self.name, self.run_dir, self.train, self.evaluate = name, run_dir, train, evaluate
+        # The directory the table was submitted from: relative paths in the overrides mean the same in the job.
+        self.cwd = cwd or os.getcwd()
 
     def __call__(self) -> dict[str, Any]:
         env = environment()
         trained = not finished(self.run_dir)
         if trained:
             print(f"[{self.name}] train: {shlex.join(self.train)}", flush=True)
-            subprocess.run(self.train, cwd=ROOT, env=env, check=True)
+            subprocess.run(self.train, cwd=self.cwd, env=env, check=True)
         print(f"[{self.name}] eval: {shlex.join(self.evaluate)}", flush=True)
-        subprocess.run(self.evaluate, cwd=ROOT, env=env, check=True)
+        subprocess.run(self.evaluate, cwd=self.cwd, env=env, check=True)
         return {"row": self.name, "trained": trained}
 
     def checkpoint(self, *args, **kwargs):

@@ -1,6 +1,6 @@
 """Grids of rank x factors x variant as Hydra multiruns (``train.py --multirun``, run as its package entry point
 ``python -m mixlora.train.cli``), then eval.py (``python -m mixlora.tasks.cli``) on every job and
-scripts/aggregate.py over them. The default grid is Table 1's (:func:`mixlora.tables.rows.grid`).
+``python -m mixlora.tables.aggregate`` over them. The default grid is Table 1's (:func:`mixlora.tables.rows.grid`).
 
 With the defaults it runs::
 
@@ -125,7 +125,7 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> int:
         show(f"[{job}] eval", command)
         if not dry_run and (code := execute(command, env)):
             return code
-    command = [sweep.python, "scripts/aggregate.py", *[str(sweep.out / job) for job in jobs], "--out",
+    command = [sweep.python, "-m", "mixlora.tables.aggregate", *[str(sweep.out / job) for job in jobs], "--out",
                str(sweep.results)]
     show("aggregate", command)
     return 0 if dry_run else execute(command, env)

@@ -1,7 +1,9 @@
 """Config helpers: the OmegaConf resolvers and config schemas, and composing configs/train.yaml from Python.
 
 Resolvers (registered on import of ``mixlora.train``):
-    ${mul:a,b}   a * b   e.g. ``alpha: ${mul:2,${.rank}}`` (LoRA's alpha = 2r, released MixLoRA's alpha = 2E)
+    ${mul:a,b}     a * b   e.g. ``alpha: ${mul:2,${.rank}}`` (LoRA's alpha = 2r, released MixLoRA's alpha = 2E)
+    ${config_dir:} the shipped config tree's absolute path, e.g. ``${config_dir:}/deepspeed/zero2.json``, so a
+                   shipped file is found from any working directory and in an installed package
 
 Schemas (registered with the resolvers): every default of the ``adapter``, ``trainer``, ``data`` and ``logger``
 nodes lives in one place, the dataclass that validates the node (:class:`mixlora.AdapterConfig`,
@@ -74,9 +76,11 @@ def register_schemas() -> None:
 
 
 def register_resolvers() -> None:
-    """The ``mul`` resolver and the config schemas (both needed before Hydra composes configs/train.yaml)."""
+    """The ``mul`` and ``config_dir`` resolvers and the config schemas (both needed before Hydra composes configs/train.yaml)."""
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", _mul)
+    if not OmegaConf.has_resolver("config_dir"):
+        OmegaConf.register_new_resolver("config_dir", lambda: str(shipped_config_dir()))
     register_schemas()
 
 
