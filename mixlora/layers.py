@@ -246,7 +246,9 @@ class MixLoRALinear(nn.Module):
         Released: ``h`` cast to the router's dtype and every op left to the layer dtype (and to autocast).
         Under ``router_grad="straight_through"`` (with grad enabled) ``weight`` = (s_a / s_a.detach()) ·
         (s_b / s_b.detach()) with s the selected probabilities: softmax(W_A h̄)[g_A] and, for B, the ranked score
-        (softmax(W_B h̄) [+ CFS])[g_B]; its value is exactly 1 and it carries the routers' gradient.
+        (softmax(W_B h̄) [+ CFS])[g_B]; its value is exactly 1 and it carries the routers' gradient. It is computed
+        as exp(Σ (log s - log s.detach())) from log-softmax, so a selected probability that underflows to 0 does
+        not make it 0/0.
         """
         learn = self.router_grad == "straight_through" and torch.is_grad_enabled()
         released = self.released_arithmetic
@@ -264,9 +266,15 @@ class MixLoRALinear(nn.Module):
                 idx_b = score_b.topk(self.rank, dim=-1).indices
             weight = None
             if learn:
-                s_a = torch.softmax(logits_a, dim=-1).gather(-1, idx_a)
-                s_b = (torch.softmax(logits_b, dim=-1) if score_b is None else score_b).gather(-1, idx_b)
-                weight = (s_a / s_a.detach()) * (s_b / s_b.detach())
+                # s / s.detach() as exp(log s - log s.detach()): the same value (exactly 1) and gradient (∂ log s),
+                # but a selected factor whose probability underflows to 0 (peaked routers: a logit gap over ~100
+                # in float32) gives 1 instead of 0/0 = NaN. log_softmax keeps log s finite there.
+                l_a = torch.log_softmax(logits_a, dim=-1).gather(-1, idx_a)
+                if score_b is None:
+                    l_b = torch.log_softmax(logits_b, dim=-1).gather(-1, idx_b)
+                else:  # softmax + CFS term: a sum of probabilities, floored at the smallest normal number
+                    l_b = score_b.gather(-1, idx_b).clamp_min(torch.finfo(score_b.dtype).tiny).log()
+                weight = torch.exp((l_a - l_a.detach()) + (l_b - l_b.detach()))
         return Selection(idx_a, idx_b, weight)
 
     def random_selection(self, batch: int, device: torch.device) -> Selection:

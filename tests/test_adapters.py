@@ -295,6 +295,42 @@ def test_straight_through_leaves_forward_unchanged():
         assert torch.equal(a(x), b(x))
 
 
+@pytest.mark.parametrize("cfs", ["none", "paper"])
+def test_straight_through_weight_is_one_with_finite_gradients_when_a_selected_probability_underflows(cfs):
+    """Peaked routers: logits 500 and 300 for the two selected A factors, so in float32 softmax gives the second
+    exactly 0 (e^-200 underflows). The straight-through multiplier must still be exactly 1 (not 0/0 = NaN) and its
+    gradient finite; on moderate logits it equals d(s/s0) = (1/s0) ds, the ratio's gradient, computed by hand."""
+    torch.manual_seed(0)
+    layer = MixLoRALinear(nn.Linear(16, 8), 8, 2, 4.0, cfs=cfs, router_grad="straight_through",
+                          routing_tokens="all")
+    with torch.no_grad():
+        layer.router_a.weight.zero_()
+        layer.router_a.weight[0, 0], layer.router_a.weight[1, 0] = 500.0, 300.0
+    h = torch.ones(2, 16)
+    assert torch.softmax(layer.router_a(h), -1)[0, 1] == 0  # the underflow this test is about
+    sel = layer.route(h)
+    assert sel.idx_a.tolist() == [[0, 1], [0, 1]]
+    assert torch.equal(sel.weight, torch.ones(2, 2))
+    sel.weight.sum().backward()
+    assert torch.isfinite(layer.router_a.weight.grad).all() and torch.isfinite(layer.router_b.weight.grad).all()
+    # Ordinary routers: the routers' gradient equals the ratio formula's, (s_a / s_a0) (s_b / s_b0), written out
+    # here on copies of the router weights (no CFS term, so B's score is its softmax).
+    layer = MixLoRALinear(nn.Linear(16, 8), 8, 2, 4.0, cfs="none", router_grad="straight_through",
+                          routing_tokens="all")
+    h, c = torch.randn(3, 16), torch.randn(3, 2)
+    sel = layer.route(h)
+    (sel.weight * c).sum().backward()
+    w_a = layer.router_a.weight.detach().clone().requires_grad_(True)
+    w_b = layer.router_b.weight.detach().clone().requires_grad_(True)
+    s_a = torch.softmax(h @ w_a.T, -1).gather(-1, sel.idx_a)
+    s_b = torch.softmax(h @ w_b.T, -1).gather(-1, sel.idx_b)
+    ((s_a / s_a.detach()) * (s_b / s_b.detach()) * c).sum().backward()
+    # The same derivative through two float32 op orders (log-softmax backward vs softmax backward / s0): a few
+    # ulp apart on O(1) values.
+    torch.testing.assert_close(layer.router_a.weight.grad, w_a.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.router_b.weight.grad, w_b.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_pool_gradients_pass_gradcheck_float64():
     from torch.func import functional_call
 
