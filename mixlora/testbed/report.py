@@ -172,7 +172,9 @@ def plot_families(report: dict, path: Path) -> Optional[Path]:
         for k, r in enumerate(rows):
             stats = [r[f"{split}_families"][f] for f in families]
             xs = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(families))]
-            ax.bar(xs, [s["mean"] for s in stats], width, yerr=[s["se"] for s in stats], capsize=2, label=r["row"])
+            # tab20: up to 20 distinguishable rows (the default cycle repeats after 10)
+            ax.bar(xs, [s["mean"] for s in stats], width, yerr=[s["se"] for s in stats], capsize=2, label=r["row"],
+                   color=plt.cm.tab20(k % 20))
         ax.set_xticks(range(len(families)), families)
         ax.set_title(f"{split} phrasings")
         ax.set_ylim(0, 100)
