@@ -141,7 +141,8 @@ def test_deepspeed_config_is_built_from_the_trainer_settings():
     assert load_deepspeed_json(ROOT / "configs/deepspeed/zero2.json")["zero_optimization"]["stage"] == 2
     for name in ("zero2", "zero3"):
         t = compose_config([f"trainer={name}"]).trainer
-        assert (t.strategy, t.deepspeed_config) == ("deepspeed", f"configs/deepspeed/{name}.json")
+        # the shipped file by its absolute path (${config_dir:}): found from any working directory
+        assert (t.strategy, t.deepspeed_config) == ("deepspeed", str(ROOT / f"configs/deepspeed/{name}.json"))
 
 
 def test_single_process_zero2_and_zero3_follow_the_plain_run_and_resume(suite, tmp_path):
