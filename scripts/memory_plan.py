@@ -293,8 +293,12 @@ def trainer_zero3_json() -> tuple[str, dict]:
     """(path, contents) of the DeepSpeed JSON that ``trainer=zero3`` uses."""
     from omegaconf import OmegaConf
 
-    path = OmegaConf.load(ZERO3_TRAINER).deepspeed_config
-    return path, read_zero_json(path)
+    path = OmegaConf.load(ZERO3_TRAINER).deepspeed_config  # absolute (${config_dir:}); shown from the checkout
+    try:
+        shown = Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:  # an installed package's config tree
+        shown = path
+    return shown, read_zero_json(path)
 
 
 def deepspeed_estimates(row: Row, gpus: int) -> dict[str, int]:
