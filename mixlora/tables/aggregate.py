@@ -139,33 +139,29 @@ def plots(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    labels = [r["run"] for r in rows]
-    sets = [*SEVEN, "cvbench"]
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(sets) * max(1, len(rows)) / 2), 4))
-    width = 0.8 / max(1, len(rows))
-    for i, r in enumerate(rows):
-        ax.bar([j + i * width for j in range(len(sets))], [r[s] or 0 for s in sets], width, label=r["run"])
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sets))], sets, rotation=30)
-    ax.set_ylabel("score (%)")
-    ax.set_title("Zero-shot held-out sets")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "datasets.png", dpi=120)
-    plt.close(fig)
 
-    subtasks = sorted({s for r in rows for s in r["_mme_subtasks"]})
-    if subtasks:
-        fig, ax = plt.subplots(figsize=(max(8, len(subtasks) * 1.1), 4))
+    def grouped_bars(names: list[str], value, figsize, ylabel: str, title: str, path: Path) -> None:
+        """One group of bars per name, one bar per run (``value(row, name)``)."""
+        fig, ax = plt.subplots(figsize=figsize)
+        width = 0.8 / max(1, len(rows))
         for i, r in enumerate(rows):
-            ax.bar([j + i * width for j in range(len(subtasks))],
-                   [r["_mme_subtasks"].get(s, {}).get("score", 0) for s in subtasks], width, label=r["run"])
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(subtasks))], subtasks, rotation=30)
-        ax.set_ylabel("acc + acc+ (max 200)")
-        ax.set_title("MME subtasks")
+            ax.bar([j + i * width for j in range(len(names))], [value(r, n) for n in names], width, label=r["run"])
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "mme_subtasks.png", dpi=120)
+        fig.savefig(path, dpi=120)
         plt.close(fig)
+
+    sets = [*SEVEN, "cvbench"]
+    grouped_bars(sets, lambda r, s: r[s] or 0, (max(8, 1.2 * len(sets) * max(1, len(rows)) / 2), 4), "score (%)",
+                 "Zero-shot held-out sets", out / "datasets.png")
+    subtasks = sorted({s for r in rows for s in r["_mme_subtasks"]})
+    if subtasks:
+        grouped_bars(subtasks, lambda r, s: r["_mme_subtasks"].get(s, {}).get("score", 0),
+                     (max(8, len(subtasks) * 1.1), 4), "acc + acc+ (max 200)", "MME subtasks",
+                     out / "mme_subtasks.png")
 
     pts = [(r["trainable"], r["active"], r["mmavg"], r["run"]) for r in rows if r["trainable"] and r["mmavg"] is not None]
     if pts:
