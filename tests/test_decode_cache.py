@@ -16,11 +16,10 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mixlora import AdapterConfig, MixLoRALinear, inject_adapters, routing  # noqa: E402
-from mixlora.model import build_tiny_llava  # noqa: E402
+from mixlora import MixLoRALinear, routing  # noqa: E402
 from mixlora.routing_state import RoutingState  # noqa: E402
 
-VOCAB, PAD, BOS, IMG = 512, 0, 1, 5
+from test_model import BOS, IMG, PAD, mixlora_model  # noqa: E402  (the shared tiny MixLoRA model)
 N = 64  # (64 / 8) ** 2 image patches in the tiny tower
 LAYERS = 14  # q, k, v, o, gate, up, down in each of the tiny LLM's 2 decoder layers
 
@@ -33,18 +32,9 @@ VARIANTS = {
 
 
 def tiny_mixlora(**config):
-    model = build_tiny_llava(vocab_size=VOCAB, image_token_id=IMG, pad_token_id=PAD, bos_token_id=BOS,
-                             eos_token_id=None)  # no EOS: every row generates the full count
-    cfg = dict(kind="mixlora", rank=2, num_factors=4, alpha=4.0)
-    cfg.update(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        adapters = inject_adapters(model.llm, AdapterConfig(**cfg))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in adapters.values():  # B starts at zero; random B makes every factor choice matter
-            module.lora_b.copy_(0.3 * torch.randn(module.lora_b.shape, generator=g))
-    return model.eval()
+    """The tiny stack with MixLoRA E4/r2 and random B (test_model's model, so both suites test the same one);
+    no EOS, so every row generates the full count."""
+    return mixlora_model(**config)[0]
 
 
 def left_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
