@@ -27,6 +27,13 @@ ADAPTER_TYPES = (LoRALinear, MixLoRALinear)
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
 
 
+# The released variant, stated once: these fields plus alpha = 2E. ``AdapterConfig.released`` applies them, and the
+# Hydra option ``adapter=mixlora_released`` composes them (``schema/adapter_released``, mixlora.train.config).
+RELEASED_MODES = dict(dropout=0.05, cfs="released", router_grad="none", routing_tokens="all",
+                      routing_precision="layer", decode_routing="per_step")
+RELEASED_ALPHA_PER_FACTOR = 2.0
+
+
 @dataclass
 class AdapterConfig:
     """What to inject and how. Defaults are the *corrected* MixLoRA (paper CFS, prompt routing, prefill reuse).
@@ -90,10 +97,10 @@ class AdapterConfig:
 
     @classmethod
     def released(cls, num_factors: int, rank: int, **overrides: Any) -> "AdapterConfig":
-        """Every behaviour of the released variant (docs/method.md#released-variant): alpha = 2E, dropout 0.05."""
-        values = dict(kind="mixlora", num_factors=num_factors, rank=rank, alpha=2.0 * num_factors, dropout=0.05,
-                      cfs="released", router_grad="none", routing_tokens="all", routing_precision="layer",
-                      decode_routing="per_step")
+        """Every behaviour of the released variant (docs/method.md#released-variant): ``RELEASED_MODES`` and
+        alpha = ``RELEASED_ALPHA_PER_FACTOR`` · E."""
+        values = dict(kind="mixlora", num_factors=num_factors, rank=rank,
+                      alpha=RELEASED_ALPHA_PER_FACTOR * num_factors, **RELEASED_MODES)
         values.update(overrides)
         return cls(**values)
 

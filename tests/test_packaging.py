@@ -73,7 +73,8 @@ def _source_modules() -> set[str]:
         # walk_packages only descends into regular packages (folders with __init__.py)
         if all((ROOT.joinpath(*parts[:i]) / "__init__.py").is_file() for i in range(1, len(parts))):
             names.add(".".join(parts))
-    return names - {"mixlora"}
+    # The package-data folders that pyproject.toml maps into the package (package-dir) are packages too.
+    return (names - {"mixlora"}) | {"mixlora.configs", "mixlora.paper"}
 
 
 def test_installed_copy_imports_every_module_and_composes_the_train_config(tmp_path):
@@ -120,6 +121,38 @@ def test_source_checkout_uses_the_top_level_configs():
     from mixlora.train.config import shipped_config_dir
 
     assert shipped_config_dir() == ROOT / "configs"
+
+
+# A stand-in for another checkout's code: a mixlora package holding only package_data.py.
+LOOKUP = "import sys; from mixlora.package_data import config_dir, paper_dir; print(config_dir(), paper_dir())"
+
+
+def _other_checkout(tmp_path: Path) -> Path:
+    (tmp_path / "mixlora").mkdir()
+    (tmp_path / "mixlora" / "__init__.py").write_text("")
+    shutil.copy(ROOT / "mixlora" / "package_data.py", tmp_path / "mixlora")
+    return tmp_path
+
+
+def test_source_checkout_finds_the_configs_as_package_data_and_refuses_another_checkouts(tmp_path):
+    from mixlora.tables.paper import PAPER
+
+    assert PAPER == ROOT / "results" / "paper"
+    # This environment's editable install serves ROOT's folders; code imported from elsewhere must not use them.
+    other = _other_checkout(tmp_path)
+    run = subprocess.run([sys.executable, "-c", LOOKUP], capture_output=True, text=True, cwd=other, timeout=120)
+    assert run.returncode != 0
+    assert "installed from another checkout" in run.stderr and str(other / "mixlora") in run.stderr, run.stderr
+
+
+def test_a_checkout_that_was_never_installed_is_told_to_install(tmp_path):
+    other = _other_checkout(tmp_path)
+    # -S: no site-packages, so no install of mixlora (editable or not) is visible.
+    run = subprocess.run([sys.executable, "-S", "-c", LOOKUP], capture_output=True, text=True, cwd=other,
+                         timeout=120)
+    assert run.returncode != 0
+    assert "mixlora.configs (the Hydra config tree) is not installed" in run.stderr, run.stderr
+    assert "pip install -e ." in run.stderr
 
 
 def test_mixlora_eval_is_an_alias_of_mixlora_scoring():

@@ -9,27 +9,10 @@ from __future__ import annotations
 
 import csv
 from functools import lru_cache
-from pathlib import Path
+
+from mixlora.package_data import paper_dir
 
 from .rows import ROWS, SEEN_TASKS, TABLES, Row
-
-
-
-def paper_dir() -> Path:
-    """The folder of the paper's numbers (``table1.csv``, ...).
-
-    Its one real location is ``results/paper/`` of the source tree; ``pyproject.toml`` ships that folder as the
-    package data ``mixlora/paper`` (``package-dir``), so an installed package finds it beside this package, and a
-    source checkout (or an editable install) reads ``results/paper/`` itself.
-    """
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "paper", package.parent / "results" / "paper"):
-        if (candidate / "table1.csv").is_file():
-            return candidate
-    raise FileNotFoundError(f"no paper numbers: neither {package / 'paper'} (installed package data) nor "
-                            f"{package.parent / 'results' / 'paper'} (source checkout) holds table1.csv; reinstall "
-                            "the package")
-
 
 PAPER = paper_dir()
 LABEL_COLUMNS = ("model", "E", "r", "routing")

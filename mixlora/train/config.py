@@ -20,24 +20,14 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from mixlora.package_data import config_dir
+
 
 
 def shipped_config_dir() -> Path:
-    """The shipped Hydra config tree (``train.yaml``, ``eval.yaml`` and the groups).
-
-    Its one real location is ``configs/`` of the source tree; ``pyproject.toml`` ships that folder as the package
-    data ``mixlora/configs`` (``package-dir``), so an installed package (wheel, ``pip install .``) finds it beside
-    this package. A source checkout or an editable install has no ``mixlora/configs``; there the tree is the
-    ``configs/`` folder that pyproject.toml maps, next to the ``mixlora`` folder.
-    """
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "configs", package.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"no Hydra config tree: neither {package / 'configs'} (installed package data) nor "
-                            f"{package.parent / 'configs'} (source checkout) holds train.yaml; reinstall the "
-                            "package or pass config_dir explicitly")
-
+    """The shipped Hydra config tree (``train.yaml``, ``eval.yaml`` and the groups): the package data
+    ``mixlora.configs`` (the source folder ``configs/``; see :mod:`mixlora.package_data`)."""
+    return config_dir()
 
 
 def _mul(a, b):
@@ -60,15 +50,18 @@ def schema_defaults(cls) -> dict:
 
 
 def register_schemas() -> None:
-    """Store ``schema/{adapter,trainer,data,logger}`` (the dataclasses' defaults) in Hydra's ConfigStore."""
+    """Store ``schema/{adapter,trainer,data,logger}`` (the dataclasses' defaults) in Hydra's ConfigStore, and
+    ``schema/adapter_released`` (the released variant, an overlay on ``schema/adapter``)."""
     from hydra.core.config_store import ConfigStore
 
-    from mixlora.inject import AdapterConfig
+    from mixlora.inject import RELEASED_ALPHA_PER_FACTOR, RELEASED_MODES, AdapterConfig
 
     from .settings import DataSettings, LoggerSettings, TrainerSettings
 
     store = ConfigStore.instance()
     nodes = {"adapter": {"_target_": "mixlora.inject.AdapterConfig", **schema_defaults(AdapterConfig)},
+             # an overlay on schema/adapter: the released variant's fields (AdapterConfig.released's)
+             "adapter_released": {**RELEASED_MODES, "alpha": f"${{mul:{RELEASED_ALPHA_PER_FACTOR},${{.num_factors}}}}"},
              "trainer": schema_defaults(TrainerSettings), "data": schema_defaults(DataSettings),
              "logger": schema_defaults(LoggerSettings)}
     for name, node in nodes.items():

@@ -32,9 +32,10 @@ from .metrics import MetricsLogger, read_metrics
 from .optim import build_optimizer, build_scheduler, warmup_steps_for
 from .params import count_parameters, format_counts
 from .settings import ConfigError
-from .state import (RUN_FILE, RUN_FORMAT, SUMMARY, TrainerState, list_checkpoints, load_rng, plan_output_dir,
-                    read_run_file, read_trainer_state, remove_leftovers, save_checkpoint, seed_everything,
-                    other_checkpoint_hint, set_rng_state, truncate_metrics, wipe_run_outputs, write_json)
+from .rng import load_rng, seed_everything, set_rng_state
+from .state import (RUN_FILE, RUN_FORMAT, SUMMARY, TrainerState, list_checkpoints, plan_output_dir, read_run_file,
+                    read_trainer_state, remove_leftovers, save_checkpoint, other_checkpoint_hint, truncate_metrics,
+                    wipe_run_outputs, write_json)
 from .validate import Plan, preflight
 
 logger = logging.getLogger("mixlora.train")

@@ -18,7 +18,7 @@ checkpoint like a finished run) plus::
     trainer_state.json             step, data position (epoch, micro-batches consumed in it), tokens, world size,
                                    the config fingerprint and the scheduled length
     optimizer.pt, scheduler.pt     single-process runs;  deepspeed/  DeepSpeed runs (per-rank optimiser partitions)
-    rng/rank<r>.pt                 python, numpy, torch (and CUDA) generator states of every rank
+    rng/rank<r>.pt                 python, numpy, torch (and CUDA) generator states of every rank (mixlora.train.rng)
     manifest.json                  written last: every other file with its size and sha256
 
 Writing goes to ``checkpoints/.tmp-step-XXXXXX`` and ends with one ``os.replace`` onto the final name, so a
@@ -49,16 +49,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
+from .rng import RNG_DIR, rng_state
 from .settings import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,6 @@ STATE_FORMAT = "mixlora-train-state/1"
 CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
-RNG_DIR = "rng"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 MANIFEST = "manifest.json"
@@ -371,46 +369,6 @@ def write_json(path: Path, data: Any) -> None:
     from mixlora.checkpoint import atomic_write
 
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n"))
-
-
-# ---------------------------------------------------------------------------------------------- RNG
-def rng_state() -> dict:
-    """Python, numpy, torch (and CUDA) generator states, in types ``torch.load(weights_only=True)`` accepts."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": {"version": version, "state": list(internal), "gauss": gauss},
-        "numpy": {"name": name, "keys": [int(k) for k in keys], "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def load_rng(checkpoint: Path, rank: int) -> dict:
-    path = Path(checkpoint) / RNG_DIR / f"rank{rank}.pt"
-    if not path.is_file():
-        raise ConfigError(f"{checkpoint} has no RNG state for rank {rank} ({path} is missing): it was written with "
-                          "another number of processes; resume with the same world size")
-    return torch.load(path, weights_only=True)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

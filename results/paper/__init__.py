@@ -1,0 +1,1 @@
+"""The paper's reported numbers, shipped as the package data ``mixlora.paper`` (see mixlora/package_data.py)."""
