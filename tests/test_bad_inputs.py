@@ -28,7 +28,7 @@ from mixlora.train import ConfigError, compose_config, run
 from mixlora.train.validate import preflight
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import small  # noqa: E402  (the train tests' fast-run overrides)
+from train_setup import small  # noqa: E402  (the train tests' fast-run overrides)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "mixlora.model.tiny.build_tiny_llava"

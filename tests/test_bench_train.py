@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import suite  # noqa: E402,F401  (the small synthetic suite)
+from train_setup import suite  # noqa: E402,F401  (the small synthetic suite)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
 PER_LAYER = 4 * (128 + 128) + 2 * (128 + 384) + (384 + 128)  # sum of d_in + d_out over the 7 linears

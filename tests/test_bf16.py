@@ -55,7 +55,7 @@ from mixlora.train import compose_config, run
 from mixlora.train.validate import preflight
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import metrics, small  # noqa: E402  (shared helpers of the train tests)
+from train_setup import metrics, small  # noqa: E402  (shared helpers of the train tests)
 from test_train_distributed import RUNS_SCRIPT, adam_step_bound, ds_env, run_in_subprocess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def suite(tmp_path_factory):
 def _reference(layer, x: torch.Tensor, g: torch.Tensor, absolute: bool):
     """float64 output of ``layer`` on ``x`` and the gradients of Σ g·y w.r.t. its factors, from the formula
     y = W x + b + (alpha/r)·Σ_i (a_i · x) b_i with the factors the layer used (LoRA: all r; MixLoRA: the selected
-    ``last_selection``, whose choice tests/test_adapters.py checks against float64 routing).
+    ``last_selection``, whose choice tests/test_routing_numerics.py checks against float64 routing).
 
     ``absolute=True`` evaluates the same expressions on |W|, |b|, |x|, |A|, |B|, |g|: the sums of magnitudes
     Σ|terms| that the γ_n error bounds multiply, for the output and for each gradient (the gradient of a
@@ -262,7 +262,7 @@ def test_eval_py_bfloat16_on_a_bf16_trained_run(mixlora_runs, suite, tmp_path):
 
     from mixlora.build import load_run
     from mixlora.tasks import textvqa
-    from test_eval import SHORT, VICUNA_SYSTEM, compose_eval, load_eval_script
+    from eval_setup import SHORT, VICUNA_SYSTEM, compose_eval, load_eval_script
 
     run_dir, out = mixlora_runs["bf16"], tmp_path / "eval_out"
     cfg = compose_eval([f"run={run_dir}", f"data_root={suite}", "tasks=[textvqa]", "limit=2", "batch_size=1",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import ROOT, metrics, small, suite, train  # noqa: E402,F401
+from train_setup import ROOT, metrics, small, suite, train  # noqa: E402,F401
 from test_train_distributed import assert_same_weights  # noqa: E402
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is in requirements.txt")

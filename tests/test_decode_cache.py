@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mixlora import MixLoRALinear, routing  # noqa: E402
 from mixlora.routing_state import RoutingState  # noqa: E402
 
-from test_model import BOS, IMG, PAD, mixlora_model  # noqa: E402  (the shared tiny MixLoRA model)
+from tiny_llava import BOS, IMG, PAD, mixlora_model  # noqa: E402  (the shared tiny MixLoRA model)
 N = 64  # (64 / 8) ** 2 image patches in the tiny tower
 LAYERS = 14  # q, k, v, o, gate, up, down in each of the tiny LLM's 2 decoder layers
 

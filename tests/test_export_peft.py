@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import ROOT, local_checkpoints, suite, train  # noqa: E402,F401  (shared helpers and fixture)
+from train_setup import ROOT, local_checkpoints, suite, train  # noqa: E402,F401  (shared helpers and fixture)
 
 from mixlora.export_peft import ExportError, export_peft, main  # noqa: E402
 

@@ -27,7 +27,7 @@ from mixlora.train import ConfigError
 from mixlora.train.state import checkpoint_problem, list_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import ROOT, metrics, small, suite, train  # noqa: E402,F401  (shared helpers and fixture)
+from train_setup import ROOT, metrics, small, suite, train  # noqa: E402,F401  (shared helpers and fixture)
 
 # 40 samples / micro 4 / accumulation 2 = 5 steps per epoch; dropout makes the RNG state matter.
 COMMON = ("data.max_samples=40", "adapter.dropout=0.1", "trainer.log_every=1")

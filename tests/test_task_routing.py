@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import mixlora
-from mixlora import AdapterConfig, LoRALinear, MixLoRALinear, inject_adapters
+from mixlora import AdapterConfig, LoRALinear, MixLoRALinear
 from mixlora.constants import IGNORE_INDEX
 from mixlora.data.collator import GenerationCollator, TrainingCollator
 from mixlora.data.definitions import (DefinitionError, encode_definition, load_definitions,
                                       read_definitions_table)
 from mixlora.model import build_tiny_llava
+from tiny_llava import seeded_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, PAD, BOS, IMG, N = 512, 0, 1, 5, 64  # N = (64 / 8) ** 2 patches of the tiny tower
@@ -50,13 +50,7 @@ def adapted(kind="mixlora", **config):
     if kind == "mixlora":
         cfg.update(num_factors=6, routing_tokens="prompt", decode_routing="prefill")
     cfg.update(config)
-    with torch.random.fork_rng(devices=[]):  # the same pools and routers whatever ran before
-        torch.manual_seed(0)
-        adapters = inject_adapters(model.llm, AdapterConfig(**cfg))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in adapters.values():
-            module.lora_b.copy_(0.3 * torch.randn(module.lora_b.shape, generator=g))
+    seeded_adapters(model, AdapterConfig(**cfg))
     return model.eval()
 
 

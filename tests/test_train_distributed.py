@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-2/3 training on CPU (gloo) against the plain single-process loop.
 
-The reference is always the plain loop (tests/test_train.py covers it) run in this process with the same
+The reference is always the plain loop (tests/test_train_loop.py covers it) run in this process with the same
 overrides: a DeepSpeed run must follow the same loss trajectory and end with the same adapter and projector
 weights (fp32 on CPU; within what Adam can make of reduction-order
 rounding: see assert_same_weights), write checkpoints that resume, and save weights gathered from the ZeRO-3
@@ -30,7 +30,7 @@ from mixlora.train import compose_config, run
 from mixlora.train.state import write_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import local_checkpoints, metrics, small  # noqa: E402  (shared helpers of the train tests)
+from train_setup import local_checkpoints, loss_on_first_samples, metrics, small  # noqa: E402  (shared helpers of the train tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,8 +199,6 @@ def test_two_process_zero3_saves_gathered_weights_that_reload(suite, tmp_path):
     """torchrun, 2 ranks: micro-batches are dealt round-robin, so 2 ranks x micro 4 (no accumulation) see the same
     samples per step as one process with micro 4 x accumulation 2. Dropout off (its streams are per rank)."""
     from mixlora.build import load_run
-    from mixlora.data.collator import TrainingCollator
-    from mixlora.data.dataset import ConversationDataset
 
     common = ("adapter.dropout=0", "trainer.save_every=2", "trainer.log_every=1")
     plain, z3 = tmp_path / "plain", tmp_path / "zero3"
@@ -220,10 +218,5 @@ def test_two_process_zero3_saves_gathered_weights_that_reload(suite, tmp_path):
     summary = json.loads((z3 / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["accumulation"] == 1
     stack, cfg = load_run(z3)
-    ds = ConversationDataset(str(suite / "train.json"), stack.tokenizer, stack.image_processor,
-                             stack.model.num_image_tokens, image_folder=str(suite / "images"), max_length=256)
-    batch = TrainingCollator(stack.tokenizer.pad_token_id)([ds[i] for i in range(4)])
-    with torch.no_grad(), stack.model.routing(batch["routing_mask"]):
-        loss = stack.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+    loss = loss_on_first_samples(stack, suite)
     assert float(loss) == pytest.approx(summary["check_loss"], abs=1e-5)  # what the ZeRO-3 model computed
