@@ -138,7 +138,7 @@ class AdapterConfig:
         )
 
     def trains_routers(self) -> bool:
-        return self.kind == "mixlora" and self.router_grad == "straight_through"
+        return self.kind == "mixlora" and self.router_grad != "none"
 
 
 def layer_index(name: str) -> Optional[int]:

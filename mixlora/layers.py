@@ -165,7 +165,7 @@ class MixLoRALinear(nn.Module):
         alpha: the update is multiplied by ``alpha / rank`` (the released scripts use alpha = 2E).
         dropout: dropout on the adapter input (after routing, as released).
         cfs: ``"none" | "paper" | "released"`` (see ``mixlora.options``).
-        router_grad: ``"none" | "straight_through"``.
+        router_grad: ``"none" | "straight_through" | "straight_through_detached"`` (``mixlora.options``).
         routing_tokens: ``"prompt" | "instruction" | "all"``; ``"prompt"`` needs a mask from ``mixlora.routing``,
             ``"instruction"`` its ``instruction_mask``.
         routing_precision: ``"float32" | "layer"``: the routing arithmetic (module docstring); ``"layer"`` is the
@@ -244,13 +244,14 @@ class MixLoRALinear(nn.Module):
         Returns ``Selection`` with idx_a, idx_b [B, r] in descending score order. Corrected: computed in
         ``routing_dtype(h.dtype)`` (float32 unless h is float64) with autocast off, ``h`` and every weight cast up.
         Released: ``h`` cast to the router's dtype and every op left to the layer dtype (and to autocast).
-        Under ``router_grad="straight_through"`` (with grad enabled) ``weight`` = (s_a / s_a.detach()) ·
+        Under ``router_grad="straight_through"`` or ``"straight_through_detached"`` (with grad enabled; the
+        latter routes on ``h.detach()``, see ``_route_pooled``) ``weight`` = (s_a / s_a.detach()) ·
         (s_b / s_b.detach()) with s the selected probabilities: softmax(W_A h̄)[g_A] and, for B, the ranked score
         (softmax(W_B h̄) [+ CFS])[g_B]; its value is exactly 1 and it carries the routers' gradient. It is computed
         as exp(Σ (log s - log s.detach())) from log-softmax, so a selected probability that underflows to 0 does
         not make it 0/0.
         """
-        learn = self.router_grad == "straight_through" and torch.is_grad_enabled()
+        learn = self.router_grad != "none" and torch.is_grad_enabled()
         released = self.released_arithmetic
         dtype = self.router_a.weight.dtype if released else routing_dtype(h.dtype)
         with torch.set_grad_enabled(learn), (nullcontext() if released else no_autocast(h.device)):
@@ -285,6 +286,8 @@ class MixLoRALinear(nn.Module):
 
     def _route_pooled(self, h: torch.Tensor, state) -> Selection:
         """Route on pooled inputs ``h`` [B, d_in], taking each row's routing row under task routing."""
+        if self.router_grad == "straight_through_detached":
+            h = h.detach()  # the routers learn; the hidden states they read get no gradient through them
         if self.routing_source == "random":
             return self.random_selection(h.shape[0], h.device)
         if self.routing_source == "task":
@@ -318,8 +321,9 @@ class MixLoRALinear(nn.Module):
         return x.mean(dim=1) if self.released_arithmetic else x.mean(dim=1, dtype=routing_dtype(x.dtype))
 
     def _select(self, x: torch.Tensor) -> Selection:
-        # Pooling and routing record a graph only when the routers learn (then h̄ passes gradient to x too).
-        with torch.set_grad_enabled(self.router_grad == "straight_through" and torch.is_grad_enabled()):
+        # Pooling and routing record a graph only when the routers learn (then h̄ passes gradient to x too, unless
+        # straight_through_detached cuts it in _route_pooled).
+        with torch.set_grad_enabled(self.router_grad != "none" and torch.is_grad_enabled()):
             return self._select_pooled(x)
 
     def _select_pooled(self, x: torch.Tensor) -> Selection:

@@ -14,8 +14,12 @@ CFS_MODES = ("none", "paper", "released")
 
 # Whether routers learn (docs/method.md#router-gradients: in the released code they never receive a gradient).
 #   none             - selection is an integer top-r; routers stay at initialisation.
-#   straight_through - forward unchanged; selected factors are multiplied by s / s.detach() of their scores.
-ROUTER_GRAD_MODES = ("none", "straight_through")
+#   straight_through - forward unchanged; selected factors are multiplied by s / s.detach() of their scores,
+#                      whose gradient reaches the routers and, through the pooled router input h̄, the hidden
+#                      states the routers read (and every earlier layer).
+#   straight_through_detached - the same multiplier with h̄ detached: the routers learn, and the hidden states
+#                      get no gradient through the routing (CFS still passes one to the selected A factors).
+ROUTER_GRAD_MODES = ("none", "straight_through", "straight_through_detached")
 
 # Which positions the router averages over.
 #   prompt      - masked mean over the tokens the caller marks (system, image, instruction; never padding/answers).

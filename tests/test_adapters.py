@@ -254,7 +254,7 @@ def test_prompt_mode_without_mask_is_a_clear_error():
 
 # ----------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("cfs", ["none", "paper", "released"])
-@pytest.mark.parametrize("router_grad", ["none", "straight_through"])
+@pytest.mark.parametrize("router_grad", ["none", "straight_through", "straight_through_detached"])
 def test_gradients_reach_exactly_the_selected_rows(cfs, router_grad):
     layer = _mix(E=8, r=2, cfs=cfs, router_grad=router_grad)
     for p in layer.parameters():
@@ -276,6 +276,31 @@ def test_gradients_reach_exactly_the_selected_rows(cfs, router_grad):
             assert p.grad is None
         else:
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cfs", ["none", "paper"])
+def test_detached_straight_through_trains_the_routers_and_passes_no_gradient_through_the_router_input(cfs):
+    """Three copies of one layer on the same input: frozen routers (none), straight_through, and
+    straight_through_detached. Detached must give the routers exactly straight_through's gradient (the forward and
+    the multiplier are the same; only h̄'s own gradient is cut) and the input exactly the frozen layer's gradient
+    (the adapter path alone, since the multiplier's value is exactly 1); straight_through's input gradient differs
+    from both by the term through h̄."""
+    layers = {mode: _mix(E=8, r=2, cfs=cfs, router_grad=mode, seed=3)
+              for mode in ("none", "straight_through", "straight_through_detached")}
+    for layer in layers.values():  # the same weights (random B: B = 0 would make the multiplier's gradient 0)
+        layer.load_state_dict(layers["none"].state_dict())
+    x0, g = torch.randn(3, 5, 8), torch.randn(3, 5, 6)
+    grads = {}
+    for mode, layer in layers.items():
+        x = x0.clone().requires_grad_(True)
+        with routing(layer, torch.ones(3, 5, dtype=torch.bool)):
+            (layer(x) * g).sum().backward()
+        grads[mode] = x.grad, layer.router_a.weight.grad, layer.router_b.weight.grad
+    none, st, det = grads["none"], grads["straight_through"], grads["straight_through_detached"]
+    assert none[1] is None and none[2] is None
+    assert torch.equal(det[1], st[1]) and torch.equal(det[2], st[2]) and det[1].abs().sum() > 0
+    assert torch.equal(det[0], none[0])
+    assert (st[0] - none[0]).abs().max() > 1e-4  # the h̄ path (moderate weights: far above rounding)
 
 
 def test_straight_through_leaves_forward_unchanged():

@@ -32,6 +32,7 @@ CLAIMS = (
     ("CFS beats IFS alone (the paper's CFS ablation)", "mixc_e8_r2_instr", "ifs_e8_r2_instr"),
     ("Routing on the instruction beats routing on the whole prompt", "mixc_e8_r2_instr", "mixc_e8_r2_prompt"),
     ("Learned (straight-through) routers beat frozen ones", "st_e8_r2_instr", "mixc_e8_r2_instr"),
+    ("Learned routers, router input detached, beat frozen ones", "stdet_e8_r2_instr", "mixc_e8_r2_instr"),
     ("Corrected MixLoRA beats the released layer (same E, r)", "mixc_e8_r2_prompt", "mixrel_e8_r2"),
 )
 INTERFERENCE_REFERENCE = ("spec_lora_r2", "lora_r2")

@@ -3,7 +3,8 @@
 A row is a named set of Hydra overrides on top of the testbed's stage-2 recipe (:mod:`mixlora.testbed.recipe`),
 plus the fields the report groups by. Multipliers: LoRA and corrected MixLoRA use alpha = 2r (multiplier 2);
 released MixLoRA keeps its own alpha = 2E (as released). Routers are frozen at initialisation (as in both
-presets) except in the ``st_*`` row (straight-through router gradients).
+presets) except in the ``st_*`` and ``stdet_*`` rows (straight-through router gradients; ``stdet`` detaches the
+router input, so only the routers learn from them).
 
 Equal capacity: with frozen routers MixLoRA E/r trains its two pools, E (d_in + d_out) numbers per layer, exactly
 what LoRA of rank E trains, so ``lora_r8`` is LoRA at equal *trainable* parameters to MixLoRA E8/r2 (its selected
@@ -44,7 +45,7 @@ def _lora(name, r, kind="joint", seeds=3, note=""):
 
 
 def _mix(name, e, r, routing, variant="corrected", seeds=3, extra=(), note=""):
-    preset = "mixlora" if variant in ("corrected", "ifs_only", "random", "straight_through") else "mixlora_released"
+    preset = "mixlora_released" if variant == "released" else "mixlora"
     overrides = (f"adapter={preset}", f"adapter.num_factors={e}", f"adapter.rank={r}",
                  f"adapter.routing_tokens={routing}", *extra)
     return Row(name, "joint", overrides, seeds, "mixlora", e, r, routing, variant, note=note)
@@ -70,6 +71,9 @@ ROWS: tuple[Row, ...] = (
     _mix("rand_e8_r2", 8, 2, "instruction", variant="random", extra=("adapter.routing_source=random",)),
     _mix("st_e8_r2_instr", 8, 2, "instruction", variant="straight_through",
          extra=("adapter.router_grad=straight_through",)),
+    _mix("stdet_e8_r2_instr", 8, 2, "instruction", variant="straight_through_detached",
+         extra=("adapter.router_grad=straight_through_detached",),
+         note="learned routers, router input detached (no gradient into the hidden states through routing)"),
 )
 
 BY_NAME = {row.name: row for row in ROWS}
