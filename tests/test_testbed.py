@@ -65,6 +65,17 @@ def test_lora_r8_trains_as_many_numbers_as_mixlora_e8_r2():
     assert trainable(dict(kind="mixlora", num_factors=8, rank=2, alpha=4.0)) == 2 * 8 * per_block
 
 
+def test_stage2_learning_rate_is_the_shared_rate_times_the_row_scale(tmp_path):
+    from mixlora.testbed.recipe import TABLE, stage2_overrides
+
+    def lr(name):
+        overrides = stage2_overrides(BY_NAME[name], 0, tmp_path, tmp_path / "data", TABLE, tmp_path / "run")
+        return [float(o.split("=", 1)[1]) for o in overrides if o.startswith("trainer.optimizer.lr=")]
+
+    assert lr("lora_r8") == [TABLE.adapter_lr] and lr("full_ft") == [TABLE.full_lr]
+    assert lr("lora_r8_lr_scaled") == [pytest.approx(TABLE.adapter_lr * 2 / 8)]  # one lr override, scaled
+
+
 def _fake_run(out: Path, row: str, seed: int, scores: dict, task=None, count=100):
     run = out / "runs" / f"{row}_s{seed}" / (task.split("+")[-1] if task else "")
     for split in SPLITS:

@@ -117,7 +117,7 @@ def stage2_overrides(row: Row, seed: int, out: Path, data: Path, budget: Budget,
                      task: Optional[str] = None, n_tasks: int = 1) -> list[str]:
     base = out / "base"
     steps = budget.stage2_steps if task is None else max(budget.stage2_steps // n_tasks, 1)
-    lr = budget.full_lr if row.kind == "full" else budget.adapter_lr
+    lr = (budget.full_lr if row.kind == "full" else budget.adapter_lr) * row.lr_scale
     overrides = [*data_overrides(data), f"output_dir={run_dir}", f"data.annotations={data / 'train.json'}",
                  f"model.init_checkpoint={base / 'model.safetensors'}", "model.tokenizer.kind=pretrained",
                  f"model.tokenizer.path={base / 'tokenizer'}", f"trainer.schedule_steps={steps}",

@@ -28,6 +28,8 @@ from .rows import BY_NAME
 CLAIMS = (
     ("MixLoRA beats LoRA at equal rank (paper Table 1)", "mixc_e8_r2_instr", "lora_r2"),
     ("MixLoRA beats LoRA at equal trainable parameters", "mixc_e8_r2_instr", "lora_r8"),
+    ("MixLoRA beats LoRA at equal trainable parameters, LoRA's rate scaled by 2/8", "mixc_e8_r2_instr",
+     "lora_r8_lr_scaled"),
     ("Instance routing beats random routing (the paper's routing ablation)", "mixc_e8_r2_instr", "rand_e8_r2"),
     ("CFS beats IFS alone (the paper's CFS ablation)", "mixc_e8_r2_instr", "ifs_e8_r2_instr"),
     ("Routing on the instruction beats routing on the whole prompt", "mixc_e8_r2_instr", "mixc_e8_r2_prompt"),
