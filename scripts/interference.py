@@ -22,9 +22,12 @@ import logging
 import sys
 from pathlib import Path
 
-from mixlora.analysis import (REPO_ROOT, add_model_arguments, ensure_synthetic_suite, parse_list, randomize_lora_b,
+from mixlora.analysis import (add_model_arguments, ensure_synthetic_suite, parse_list, randomize_lora_b,
                               stack_from_args)
 from mixlora.analysis.interference import MODULE_TYPES, PARTS, SELF_PAIRS
+
+# The checkout this script lives in: its default data paths (data/synthetic/...) are relative to it.
+ROOT = Path(__file__).resolve().parents[1]
 
 # Synthetic stand-ins for the paper's six tasks (ScienceQA reasoning, COCO coarse perception, FairFace fine-grained
 # perception, iNaturalist classification, ST-VQA OCR, PACS domain classification).
@@ -38,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     d = p.add_argument_group("data")
-    d.add_argument("--data", default=str(REPO_ROOT / "data/synthetic/train.json"), help="Vision-Flan-style JSON list")
+    d.add_argument("--data", default=str(ROOT / "data/synthetic/train.json"), help="Vision-Flan-style JSON list")
     d.add_argument("--image-folder", default=None, help="folder of the records' image paths (default: the synthetic "
                                                         "manifest's image_root, else the JSON's folder)")
     d.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task_name values (rows/columns)")

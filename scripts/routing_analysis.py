@@ -23,10 +23,13 @@ import logging
 import sys
 from pathlib import Path
 
-from mixlora.analysis import (REPO_ROOT, add_model_arguments, adapted_layers, default_image_folder,
+from mixlora.analysis import (add_model_arguments, adapted_layers, default_image_folder,
                               ensure_synthetic_suite, heldout_prompts, load_manifest, load_records, parse_list,
                               resolve_layers, sample_per_task, stack_from_args)
 from mixlora.analysis.routing import LINKAGES, SELECTION_PARTS
+
+# The checkout this script lives in: its default data paths (data/synthetic/...) are relative to it.
+ROOT = Path(__file__).resolve().parents[1]
 
 # The paper's seen <-> unseen pairs were ExDark-CIFAR-10, GQA-VSR, Image-Text-SNLI-VE, InfographicVQA-Text-VQA and
 # VQA-Object-Presence-POPE; these are the synthetic suite's versions of the same held-out sets.
@@ -37,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, adapters=("mixlora",))
     d = p.add_argument_group("data")
-    d.add_argument("--data", default=str(REPO_ROOT / "data/synthetic/train.json"), help="Vision-Flan-style JSON list")
+    d.add_argument("--data", default=str(ROOT / "data/synthetic/train.json"), help="Vision-Flan-style JSON list")
     d.add_argument("--image-folder", default=None, help="folder of the records' image paths (default: the synthetic "
                                                         "manifest's image_root, else the JSON's folder)")
     d.add_argument("--suite", default=None, help="synthetic suite folder with manifest.json (default: --data's folder)")

@@ -16,13 +16,13 @@ See docs/analysis.md.
 
 from __future__ import annotations
 
-from mixlora.analysis.models import (MIXLORA_VARIANTS, MODEL_CONFIG_DIR, REPO_ROOT, adapted_layers, adapter_config,
+from mixlora.analysis.models import (MIXLORA_VARIANTS, MODEL_CONFIG_DIR, adapted_layers, adapter_config,
                                      add_model_arguments, fresh_stack, model_config_path, parse_list, randomize_lora_b,
                                      resolve_layers, stack_from_args)
 from mixlora.analysis.samples import (default_image_folder, ensure_synthetic_suite, heldout_names, heldout_prompts,
                                       load_manifest, load_records, records_by_task, sample_per_task, short_task)
 
-__all__ = ["MIXLORA_VARIANTS", "MODEL_CONFIG_DIR", "REPO_ROOT", "adapted_layers", "adapter_config",
+__all__ = ["MIXLORA_VARIANTS", "MODEL_CONFIG_DIR", "adapted_layers", "adapter_config",
            "add_model_arguments", "default_image_folder", "ensure_synthetic_suite", "fresh_stack", "heldout_names",
            "heldout_prompts", "load_manifest", "load_records", "model_config_path", "parse_list", "randomize_lora_b",
            "records_by_task", "resolve_layers", "sample_per_task", "short_task", "stack_from_args"]

@@ -8,8 +8,6 @@ from typing import Any, Optional, Sequence
 
 from mixlora.train.config import shipped_config_dir
 
-# The checkout the scripts run from: their default data paths (data/synthetic/...) are relative to it.
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG_DIR = shipped_config_dir() / "model"
 MIXLORA_VARIANTS = ("corrected", "released")
 

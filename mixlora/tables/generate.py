@@ -16,9 +16,10 @@ import re
 import sys
 from pathlib import Path
 
+from mixlora.package_data import config_dir
+
 from .rows import ROWS, SEEN_TASKS, TABLES, Row
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "experiment"
 # File names that belong to the row table: any such file that is not a row is stray.
 ROW_FILE = re.compile(r"^(t1c?|t2|cfs|routing)_.*\.yaml$")
 TASK_DEFINITIONS = "data/vision_flan/task_definitions.json"
@@ -62,8 +63,15 @@ def render(row: Row) -> str:
     return "\n".join(lines) + "\n"
 
 
-def differences(folder: Path = CONFIGS) -> list[str]:
-    """'NAME: why' for every row file in ``folder`` that is not what :func:`render` writes, and every stray one."""
+def experiment_dir() -> Path:
+    """The shipped config tree's ``experiment/`` (in an editable install: the checkout's configs/experiment)."""
+    return config_dir() / "experiment"
+
+
+def differences(folder: Path | None = None) -> list[str]:
+    """'NAME: why' for every row file in ``folder`` (default :func:`experiment_dir`) that is not what
+    :func:`render` writes, and every stray one."""
+    folder = folder or experiment_dir()
     problems = []
     for name, row in ROWS.items():
         path = folder / f"{name}.yaml"
@@ -77,8 +85,10 @@ def differences(folder: Path = CONFIGS) -> list[str]:
     return problems
 
 
-def write(folder: Path = CONFIGS) -> list[Path]:
-    """Write every row's file into ``folder``; returns the files whose content changed."""
+def write(folder: Path | None = None) -> list[Path]:
+    """Write every row's file into ``folder`` (default :func:`experiment_dir`); returns the files whose content
+    changed."""
+    folder = folder or experiment_dir()
     changed = []
     for name, row in ROWS.items():
         path = folder / f"{name}.yaml"
@@ -93,8 +103,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mixlora.tables.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file is not current")
-    parser.add_argument("--dir", type=Path, default=CONFIGS, help="the experiment folder (default: %(default)s)")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="the experiment folder (default: the shipped configs' experiment/)")
     args = parser.parse_args(argv)
+    args.dir = args.dir or experiment_dir()
     if not args.dir.is_dir():
         parser.error(f"--dir {args.dir} is not a folder")
     if args.check:
