@@ -76,6 +76,38 @@ def test_stage2_learning_rate_is_the_shared_rate_times_the_row_scale(tmp_path):
     assert lr("lora_r8_lr_scaled") == [pytest.approx(TABLE.adapter_lr * 2 / 8)]  # one lr override, scaled
 
 
+def test_table_runs_compose_from_a_copy_of_the_configs_taken_when_it_starts(tmp_path, monkeypatch):
+    """Editing the config tree while a table runs must not reach the runs still to come: after the first run
+    (stage 1) the source tree is broken, yet every later run still composes, from one unchanged copy."""
+    import shutil
+
+    from mixlora.package_data import config_dir
+    from mixlora.testbed import recipe
+
+    source = Path(shutil.copytree(config_dir(), tmp_path / "configs"))
+    used = []
+
+    def train(overrides, config_dir=None):
+        compose_config([], config_dir=config_dir)  # raises on a broken tree
+        used.append(config_dir)
+        (source / "train.yaml").write_text("defaults: [\n")  # the checkout is edited mid-table
+        out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return {"loss_last": 0.0}
+
+    monkeypatch.setattr(recipe, "train", train)
+    monkeypatch.setattr(recipe, "evaluate_run", lambda *args, **kwargs: {})
+    plan = [(BY_NAME["lora_r2"], 0), (BY_NAME["mixc_e8_r2_instr"], 0)]
+    failed = recipe.run_table(tmp_path / "out", tmp_path / "data", plan, recipe.DEMO, ["testbed+colour_name"],
+                              say=lambda line: None, config_source=source)
+    assert failed == [] and len(used) == 3 and len(set(used)) == 1 and used[0] != source
+    assert not used[0].exists()  # the copy is removed when the table ends
+    import yaml
+
+    with pytest.raises(yaml.YAMLError):
+        compose_config([], config_dir=source)  # the source really was broken
+
+
 def _fake_run(out: Path, row: str, seed: int, scores: dict, task=None, count=100):
     run = out / "runs" / f"{row}_s{seed}" / (task.split("+")[-1] if task else "")
     for split in SPLITS:

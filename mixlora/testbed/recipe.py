@@ -14,12 +14,18 @@ Layout of OUT::
 
 Resumable: training uses ``resume=true`` (a finished run is not retrained; a stopped one continues from its
 checkpoint), and a run whose ``eval/metrics.json`` exists is not evaluated again.
+
+One config tree per table: :func:`run_table` copies the shipped Hydra configs once, when it starts, and composes
+every run of that invocation from the copy, so editing ``configs/`` of the checkout while a long table runs does
+not change (or break) the runs still to come. A later invocation (a resume) takes a new copy.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,11 +139,12 @@ def stage2_overrides(row: Row, seed: int, out: Path, data: Path, budget: Budget,
     return overrides
 
 
-def train(overrides: list[str]) -> dict:
-    """``python train.py OVERRIDES`` in this process; returns its summary."""
+def train(overrides: list[str], config_dir: Optional[Path] = None) -> dict:
+    """``python train.py OVERRIDES`` in this process, composed from ``config_dir`` (default: the shipped config
+    tree); returns its summary."""
     from mixlora.train import compose_config, run
 
-    return run(compose_config(overrides))
+    return run(compose_config(overrides, config_dir=config_dir))
 
 
 def test_tasks(data: Path) -> dict:
@@ -186,14 +193,14 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def run_row(row: Row, seed: int, out: Path, data: Path, budget: Budget, tasks: list[str],
-            say: Callable[[str], None] = print) -> None:
+            say: Callable[[str], None] = print, config_dir: Optional[Path] = None) -> None:
     """Train and evaluate one row and seed (every task of a specialist row); finished parts are skipped."""
     for run_dir, task in run_dirs(row, seed, out, tasks):
         record_path = run_dir / RECORD
         if record_path.is_file() and (run_dir / "eval" / "metrics.json").is_file():
             continue
         overrides = stage2_overrides(row, seed, out, data, budget, run_dir, task, len(tasks))
-        train_s = _timed(lambda: train(overrides))
+        train_s = _timed(lambda: train(overrides, config_dir))
         eval_s = _timed(lambda: evaluate_run(run_dir, data, budget, task))
         record = {"row": row.name, "seed": seed, "task": task, "overrides": overrides, "budget": asdict(budget),
                   "train_s": train_s, "eval_s": eval_s}
@@ -201,8 +208,9 @@ def run_row(row: Row, seed: int, out: Path, data: Path, budget: Budget, tasks: l
         say(f"    {run_dir.relative_to(out)}: train {train_s:.0f} s, eval {eval_s:.0f} s")
 
 
-def run_stage1(out: Path, data: Path, budget: Budget, say: Callable[[str], None] = print) -> dict:
-    summary = train(stage1_overrides(out, data, budget))
+def run_stage1(out: Path, data: Path, budget: Budget, say: Callable[[str], None] = print,
+               config_dir: Optional[Path] = None) -> dict:
+    summary = train(stage1_overrides(out, data, budget), config_dir)
     say(f"    base: loss {summary.get('loss_last', float('nan')):.3f}")
     return summary
 
@@ -216,16 +224,26 @@ def seeds_for(row: Row, demo: bool, demo_seeds: int = 2) -> list[int]:
 
 
 def run_table(out: Path, data: Path, plan: list[tuple[Row, int]], budget: Budget, tasks: list[str],
-              keep_going: bool = False, say: Callable[[str], None] = print) -> list[str]:
+              keep_going: bool = False, say: Callable[[str], None] = print,
+              config_source: Optional[Path] = None) -> list[str]:
     """Stage 1 (once per OUT), then every (row, seed) of ``plan``; returns the failures (empty unless
-    ``keep_going``, which logs a failed run and goes on)."""
+    ``keep_going``, which logs a failed run and goes on). Every run is composed from a copy of
+    ``config_source`` (default: the shipped config tree) taken here, before the first run."""
+    from mixlora.package_data import config_dir
+
+    with tempfile.TemporaryDirectory(prefix="mixlora-testbed-configs-") as tmp:
+        snapshot = Path(shutil.copytree(config_source or config_dir(), Path(tmp) / "configs"))
+        return _run_plan(out, data, plan, budget, tasks, keep_going, say, snapshot)
+
+
+def _run_plan(out, data, plan, budget, tasks, keep_going, say, config_dir: Path) -> list[str]:
     say(f"2/4 stage 1: base model ({budget.stage1_steps} steps)")
-    run_stage1(out, data, budget, say=say)
+    run_stage1(out, data, budget, say=say, config_dir=config_dir)
     failed = []
     for n, (row, seed) in enumerate(plan, 1):
         say(f"3/4 [{n}/{len(plan)}] {row.name} seed {seed}")
         try:
-            run_row(row, seed, out, data, budget, tasks, say=say)
+            run_row(row, seed, out, data, budget, tasks, say=say, config_dir=config_dir)
         except Exception as err:  # noqa: BLE001 - re-raised unless keep_going; then reported by the caller
             if not keep_going:
                 raise
