@@ -13,8 +13,9 @@ largest single tensors. ``--router-grad`` evaluates the same weights under anoth
 see how much of a straight-through run's gradient flows through the router input). Prints a table, and writes
 JSON with ``--json PATH``.
 
-Which parameters get a gradient is what the run trained: adapter factors, projector (unless frozen) and, under a
-learning ``router_grad``, the routers.
+Which parameters get a gradient is what the run trained, as ``load_run`` rebuilds it (adapter factors, the
+projector unless frozen, the routers under a learning ``router_grad``; the whole LLM under ``model.train_llm``, as
+train.py sets it); ``--router-grad`` sets the routers' trainability to match the mode it names.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
+from mixlora.options import ROUTER_GRAD_MODES, check_choice
 
 
 def grad_norms(run_dir: str | Path, samples: int = 64, router_grad: str | None = None, top: int = 10) -> dict:
@@ -35,27 +36,24 @@ def grad_norms(run_dir: str | Path, samples: int = 64, router_grad: str | None =
     from mixlora.data.collator import TrainingCollator
     from mixlora.inject import AdapterConfig
     from mixlora.layers import MixLoRALinear
-    from mixlora.options import ROUTER_GRAD_MODES, check_choice
     from mixlora.train.data import build_dataset
     from mixlora.train.settings import DataSettings
 
-    stack, cfg = load_run(run_dir)
+    if router_grad is not None:
+        check_choice("router_grad", router_grad, ROUTER_GRAD_MODES)
+    stack, cfg = load_run(run_dir)  # trainability as injected and built: factors, projector, routers if learning
     model = stack.model
+    if cfg.model.get("train_llm", False):
+        model.llm.requires_grad_(True)  # as train.py does for full fine-tuning (no adapter then)
     mode = cfg.adapter.get("router_grad", "none") if "adapter" in cfg else "none"
     if router_grad is not None:
-        mode = check_choice("router_grad", router_grad, ROUTER_GRAD_MODES)
+        mode = router_grad
         for m in model.modules():
             if isinstance(m, MixLoRALinear):
                 m.router_grad = mode
-    trains_routers = mode != "none"
-    train_llm = bool(cfg.model.get("train_llm", False))
-    freeze_projector = bool(cfg.model.builder.get("freeze_projector", False))
-    for name, p in model.named_parameters():
-        head = name.rsplit(".", 1)[-1]
-        router = ".router_" in name or head.startswith("router_")
-        adapter = head.startswith("lora_") or (router and trains_routers)
-        projector = "projector" in name and not freeze_projector
-        p.requires_grad_(adapter or projector or (train_llm and name.startswith("llm.") and not router))
+                for name, p in m.named_parameters():
+                    if name.startswith("router_"):
+                        p.requires_grad_(mode != "none")
     data = DataSettings(**OmegaConf.to_container(cfg.data, resolve=True))
     ds, _ = build_dataset(data, stack.tokenizer, stack.image_processor, model.num_image_tokens, 0,
                           instruction_spans=model.routes_on_instruction())
@@ -104,11 +102,13 @@ def main(argv=None) -> int:
     if args.samples < 1:
         print(f"--samples must be >= 1, got {args.samples}", file=sys.stderr)
         return 2
-    try:
-        result = grad_norms(args.run, args.samples, args.router_grad, args.top)
-    except ValueError as err:  # an unknown --router-grad, named with the valid modes
-        print(err, file=sys.stderr)
-        return 2
+    if args.router_grad is not None:
+        try:  # before loading anything
+            check_choice("router_grad", args.router_grad, ROUTER_GRAD_MODES)
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
+    result = grad_norms(args.run, args.samples, args.router_grad, args.top)
     print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
