@@ -54,10 +54,16 @@ def test_forward_backward_loss_and_trainable_parts(backend):
         labels[b, len(row) - answer_lengths[b]:len(row)] = ids[b, len(row) - answer_lengths[b]:len(row)]
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels(2), labels=labels)
     assert torch.isfinite(out.loss)
-    # HF's loss = mean next-token cross-entropy over supervised positions (labels shifted left by one).
-    ref = F.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB).float(), labels[:, 1:].reshape(-1),
-                          ignore_index=IGNORE_INDEX)
+    # HF's loss = mean next-token cross-entropy over supervised positions (labels shifted left by one), written out
+    # on the full logits of a forward without labels. With labels the model returns the logits of the supervised
+    # positions only (row-major): the same rows. Tolerance: a logit is one 128-term dot product either way; the
+    # two GEMMs may block it differently (~128 * 6e-8 relative), far inside assert_close's float32 defaults.
+    full = model(input_ids=ids, attention_mask=mask, pixel_values=pixels(2)).logits  # [B, L, V]
+    targets = labels[:, 1:]
+    ref = F.cross_entropy(full[:, :-1].reshape(-1, VOCAB).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(out.loss, ref)
+    assert out.logits.shape == (sum(answer_lengths), VOCAB)  # every answer token is a target
+    torch.testing.assert_close(out.logits, full[:, :-1][targets != IGNORE_INDEX])
     out.loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == {"projector.weight", "projector.bias"}
@@ -203,6 +209,45 @@ def test_gradient_checkpointing_gives_same_loss_and_grads():
     assert grads.keys() == grads_ckpt.keys() and any(k.endswith("lora_b") for k in grads)
     for k in grads:
         torch.testing.assert_close(grads_ckpt[k], grads[k])
+
+
+def test_loss_on_supervised_positions_equals_hf_loss_and_gradients():
+    """forward(labels=...) applies the LM head to the supervised positions only; reference: the HF model's own
+    forward with labels on the same embeddings (full [B, L, V] logits and transformers' causal-LM loss), inside
+    the same routing context, with MixLoRA (random B) so the adapters' gradients are compared too. Tolerance as
+    in test_forward_backward_loss_and_trainable_parts: the head GEMM's blocking may differ in the last bits."""
+    from mixlora.model.llava import PLAIN_HEAD_MODEL_TYPES, positions_from_mask
+
+    model, _ = mixlora_model()
+    model.train()
+    assert model.llm.config.model_type in PLAIN_HEAD_MODEL_TYPES
+    rows = [prompt([10, 11], [12, 13]) + [40, 41], prompt([20], [21]) + [50, 51, 52]]
+    ids, mask = pad_batch(rows, "right")
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, len(rows[0]) - 2:len(rows[0])] = torch.tensor([40, 41])
+    labels[1, len(rows[1]) - 3:len(rows[1])] = torch.tensor([50, 51, 52])
+    routing_mask = (mask == 1) & (labels == IGNORE_INDEX)
+    px = pixels(2)
+
+    def loss_and_grads(hf: bool):
+        model.zero_grad()
+        with model.routing(routing_mask):
+            if hf:
+                embeds = model.embed_inputs(ids, px)
+                loss = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask),
+                                 labels=labels, use_cache=False).loss
+            else:
+                loss = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels,
+                             routing_mask=routing_mask).loss
+            loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(hf=False)
+    loss_hf, grads_hf = loss_and_grads(hf=True)
+    torch.testing.assert_close(loss, loss_hf)
+    assert grads.keys() == grads_hf.keys() and any(k.endswith("lora_b") for k in grads)
+    for k in grads:
+        torch.testing.assert_close(grads[k], grads_hf[k])
 
 
 VARIANTS = {"released": dict(cfs="released", routing_tokens="all", routing_precision="layer",

@@ -293,7 +293,8 @@ def test_definition_rows_leave_the_loss_unchanged():
                     labels=with_rows["labels"], routing_mask=with_rows["routing_mask"],
                     source_rows=with_rows["source_rows"])
         ref = model(without["input_ids"], without["attention_mask"], without["pixel_values"], labels=without["labels"])
-    expected = manual_loss(ref.logits, without["labels"])  # 4 supervised tokens, by hand
+        ref_logits = model(without["input_ids"], without["attention_mask"], without["pixel_values"]).logits
+    expected = manual_loss(ref_logits, without["labels"])  # 4 supervised tokens, by hand
     assert float(ref.loss) == pytest.approx(expected, rel=1e-5)
     assert float(out.loss) == pytest.approx(expected, rel=1e-5)
     # and the same holds for a task-routed MixLoRA model: the loss is that of its own instance logits
@@ -302,7 +303,9 @@ def test_definition_rows_leave_the_loss_unchanged():
         out = task(with_rows["input_ids"], with_rows["attention_mask"], with_rows["pixel_values"],
                    labels=with_rows["labels"], routing_mask=with_rows["routing_mask"],
                    source_rows=with_rows["source_rows"])
-    assert float(out.loss) == pytest.approx(manual_loss(out.logits[:2], with_rows["labels"][:2]), rel=1e-5)
+        logits = task(with_rows["input_ids"], with_rows["attention_mask"], with_rows["pixel_values"],
+                      routing_mask=with_rows["routing_mask"], source_rows=with_rows["source_rows"]).logits
+    assert float(out.loss) == pytest.approx(manual_loss(logits[:2], with_rows["labels"][:2]), rel=1e-5)
 
 
 def test_task_routed_generate_decodes_the_instances_on_their_definitions():

@@ -251,3 +251,53 @@ def test_calibration_script_trains_a_base_and_one_row_and_logs_per_task_accuracy
     with pytest.raises(SystemExit) as exit_info:
         script.main(["again", "--data", str(data), "--out", str(tmp_path / "empty")])
     assert exit_info.value.code == 2
+
+
+def test_table_in_worker_processes_matches_sequential_runs_and_keeps_going_past_a_failure(tmp_path):
+    """--workers 2: each (row, seed) trains in a spawned worker with one torch thread, its output in its own log;
+    a run that fails (an invalid override) is reported with its log and the others finish. Reference: the same
+    run trained here, sequentially, with one thread: same code, seed, data and thread count means the same
+    floating-point operations in the same order, so the trained factors must be bit-identical."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mixlora.data.testbed import make_testbed
+    from mixlora.testbed.recipe import Budget, run_row, run_table
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_testbed(data, train_images=40, test_images=24, train_per_task=8, test_per_task=2, stage1_size=24,
+                 tasks=["colour_name", "colour_flip"], progress=False)
+    tasks = ["testbed+colour_name", "testbed+colour_flip"]
+    budget = Budget(stage1_steps=3, stage2_steps=6, batch_size=8, stage1_batch_size=8, eval_per_task=2,
+                    eval_batch_size=48)
+    lora = BY_NAME["lora_r2"]
+    broken = dataclasses.replace(lora, name="broken", overrides=(*lora.overrides, "adapter.rank=-1"))
+    said = []
+    failed = run_table(out, data, [(lora, 0), (broken, 0), (lora, 1)], budget, tasks, keep_going=True,
+                       say=said.append, workers=2)
+    assert len(failed) == 1 and failed[0].startswith("broken seed 0") and "rank" in failed[0]
+    assert str(out / "runs" / "broken_s0.log") in failed[0]
+    for seed in (0, 1):
+        run = out / "runs" / f"lora_r2_s{seed}"
+        assert (run / "eval" / "metrics.json").is_file() and (run / RECORD).is_file()
+        assert "Training finished" in (out / "runs" / f"lora_r2_s{seed}.log").read_text()
+    assert sum("done] lora_r2 seed" in line for line in said) == 2
+    alone = dataclasses.replace(lora, name="lora_r2_alone")  # the same run, under another folder name
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_row(alone, 0, out, data, budget, tasks, say=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = load_file(str(out / "runs" / "lora_r2_s0" / "adapter_model.safetensors"))
+    sequential = load_file(str(out / "runs" / "lora_r2_alone_s0" / "adapter_model.safetensors"))
+    assert parallel.keys() == sequential.keys() and parallel
+    assert all(torch.equal(parallel[k], sequential[k]) for k in parallel)
+
+
+def test_cli_rejects_zero_workers(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "mixlora.testbed", "table", str(tmp_path), "--workers", "0"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--workers must be >= 1" in bad.stderr

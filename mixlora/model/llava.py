@@ -29,10 +29,17 @@ from typing import Any, ContextManager, Optional, Union
 import torch
 from torch import nn
 from transformers import StoppingCriteria
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 import mixlora
+from mixlora.constants import IGNORE_INDEX
 
 from .projector import build_projector, load_llava_projector, load_projector_state, projector_dims
+
+
+# LLM types (``config.model_type``) whose causal-LM forward computes logits = lm_head(decoder(x)) and nothing more
+# (no logit scaling or soft-capping), so the loss may be computed from the decoder's hidden states directly.
+PLAIN_HEAD_MODEL_TYPES = ("llama",)
 
 
 def instance_rows(source_rows: torch.Tensor) -> int:
@@ -303,11 +310,16 @@ class LlavaMixModel(nn.Module):
         source_rows: Optional[torch.Tensor] = None,
         instruction_mask: Optional[torch.Tensor] = None,
     ):
-        """Causal-LM forward; returns the HF output (``loss`` when ``labels`` are given, ``logits`` [B, L, V]).
+        """Causal-LM forward. Without ``labels``: the HF output, ``logits`` [B, L, V]. With ``labels``: ``loss`` and
+        ``logits`` [N, V] at the N supervised positions only (row-major), for an LLM in :data:`PLAIN_HEAD_MODEL_TYPES`
+        (other LLMs: HF's own output, logits [B, L, V]).
 
         Shapes: ``input_ids``/``attention_mask``/``labels`` [B, L] long, ``routing_mask`` [B, L] bool,
-        ``pixel_values`` [B, 3, S, S]. The loss is HF's: labels shifted by one, IGNORE_INDEX (-100) skipped,
-        mean over supervised tokens. With ``routing_mask`` (and/or ``source_rows``) the LLM runs inside
+        ``pixel_values`` [B, 3, S, S]. The loss is HF's causal-LM loss: position t predicts ``labels[:, t + 1]``,
+        IGNORE_INDEX (-100) skipped, mean over supervised tokens, in fp32. Where the LM head is a plain linear map
+        (logits = lm_head(h)), it is applied to the supervised positions' hidden states only: the same loss,
+        without the [B, L, V] logits over prompt and image positions (most of an instruction-tuning batch) that
+        the loss never reads. With ``routing_mask`` (and/or ``source_rows``) the LLM runs inside
         ``mixlora.routing``. Task routing: ``source_rows`` [B_total] and B_total rows (module docstring); the
         logits then have B_total rows, the definition rows last, and the loss counts the instance rows only.
         """
@@ -317,14 +329,21 @@ class LlavaMixModel(nn.Module):
         if source_rows is not None:
             self._check_task_batch(source_rows, input_ids, pixel_values)
         embeds = self.embed_inputs(input_ids, pixel_values)
+        positions = positions_from_mask(attention_mask)
         with self.routing(routing_mask, source_rows, instruction_mask=instruction_mask):
-            return self.llm(
-                inputs_embeds=embeds,
-                attention_mask=attention_mask,
-                position_ids=positions_from_mask(attention_mask),
-                labels=labels,
-                use_cache=False,
-            )
+            if labels is not None and getattr(self.llm.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES:
+                return self._supervised_loss(embeds, attention_mask, positions, labels)
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
+                            labels=labels, use_cache=False)
+
+    def _supervised_loss(self, embeds, attention_mask, positions, labels) -> CausalLMOutputWithPast:
+        """HF's causal-LM loss with the LM head applied at the supervised positions only (see ``forward``)."""
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
+                                        use_cache=False).last_hidden_state  # [B, L, D]
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.llm.get_output_embeddings()(hidden[:, :-1][keep])  # [N, V]
+        return CausalLMOutputWithPast(loss=nn.functional.cross_entropy(logits.float(), targets[keep]), logits=logits)
 
     @torch.no_grad()
     def generate(

@@ -3,6 +3,7 @@
     python -m mixlora.testbed demo runs/demo                  # the README's `make demo`: reduced table, ~5 min
     python -m mixlora.testbed table runs/mini                 # every row, default seeds (resumable)
     python -m mixlora.testbed table runs/mini --rows lora_r2 mixc_e8_r2_instr --seeds 0 1
+    python -m mixlora.testbed table runs/mini --workers 2     # two runs at a time (one per core on 2 cores)
     python -m mixlora.testbed table runs/mini --dry-run       # list the runs only
     python -m mixlora.testbed report runs/mini --dest results/mini --stem mini_table
 
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="test instances per task and split (default: all for table, 100 for demo)")
     parser.add_argument("--overwrite-data", action="store_true",
                         help="rebuild --data if it holds a different or older testbed build (only the generator's files)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="run the (row, seed) pairs in this many worker processes, sharing the torch threads "
+                             "(default 1: one after another, in this process); on CPU, one per core is fastest")
     parser.add_argument("--keep-going", action="store_true", help="log a failed run and go on with the next")
     parser.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
     parser.add_argument("--dest", type=Path, default=None, help="where the report goes (default OUT)")
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         budget = _budget(args)
         if args.seeds is not None and (not args.seeds or min(args.seeds) < 0):
             raise ValueError(f"--seeds must be non-negative integers, got {args.seeds}")
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}\n(here: --overwrite-data rebuilds {data}; --data chooses another folder)",
               file=sys.stderr)
         return 2
-    failed = run_table(out, data, plan, budget, tasks, keep_going=args.keep_going, say=_say)
+    failed = run_table(out, data, plan, budget, tasks, keep_going=args.keep_going, say=_say,
+                       workers=args.workers)
     _say("4/4 report")
     code = _report(out, data, tasks, command, args)
     _say(f"done in {time.perf_counter() - start:.0f} s; {len(failed)} failed runs")

@@ -22,9 +22,12 @@ not change (or break) the runs still to come. A later invocation (a resume) take
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -225,20 +228,30 @@ def seeds_for(row: Row, demo: bool, demo_seeds: int = 2) -> list[int]:
 
 def run_table(out: Path, data: Path, plan: list[tuple[Row, int]], budget: Budget, tasks: list[str],
               keep_going: bool = False, say: Callable[[str], None] = print,
-              config_source: Optional[Path] = None) -> list[str]:
+              config_source: Optional[Path] = None, workers: int = 1) -> list[str]:
     """Stage 1 (once per OUT), then every (row, seed) of ``plan``; returns the failures (empty unless
     ``keep_going``, which logs a failed run and goes on). Every run is composed from a copy of
-    ``config_source`` (default: the shipped config tree) taken here, before the first run."""
+    ``config_source`` (default: the shipped config tree) taken here, before the first run.
+
+    ``workers`` > 1 runs the (row, seed) pairs in that many worker processes, each with an equal share of this
+    process's torch threads (at least one): on a CPU, small models use cores better as independent runs than as
+    threads of one run. Stage 1 runs first, here, with every thread. Runs are independent (own run directories;
+    the feature cache takes concurrent writers), so the results are those of a sequential table.
+    """
     from mixlora.package_data import config_dir
 
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     with tempfile.TemporaryDirectory(prefix="mixlora-testbed-configs-") as tmp:
         snapshot = Path(shutil.copytree(config_source or config_dir(), Path(tmp) / "configs"))
-        return _run_plan(out, data, plan, budget, tasks, keep_going, say, snapshot)
+        say(f"2/4 stage 1: base model ({budget.stage1_steps} steps)")
+        run_stage1(out, data, budget, say=say, config_dir=snapshot)
+        if workers == 1:
+            return _run_plan(out, data, plan, budget, tasks, keep_going, say, snapshot)
+        return _run_plan_parallel(out, data, plan, budget, tasks, keep_going, say, snapshot, workers)
 
 
 def _run_plan(out, data, plan, budget, tasks, keep_going, say, config_dir: Path) -> list[str]:
-    say(f"2/4 stage 1: base model ({budget.stage1_steps} steps)")
-    run_stage1(out, data, budget, say=say, config_dir=config_dir)
     failed = []
     for n, (row, seed) in enumerate(plan, 1):
         say(f"3/4 [{n}/{len(plan)}] {row.name} seed {seed}")
@@ -249,4 +262,83 @@ def _run_plan(out, data, plan, budget, tasks, keep_going, say, config_dir: Path)
                 raise
             failed.append(f"{row.name} seed {seed}: {type(err).__name__}: {err}")
             say(f"    FAILED ({failed[-1]}); --keep-going: next run")
+    return failed
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def worker_log(out: Path, row: Row, seed: int) -> Path:
+    """Where a worker process writes the output of one (row, seed): ``OUT/runs/<row>_s<seed>.log``."""
+    return out / "runs" / f"{row.name}_s{seed}.log"
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so C-level writes too) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _worker_run(row: Row, seed: int, out: Path, data: Path, budget: Budget, tasks: list[str],
+                config_dir: Path) -> list[str]:
+    """One (row, seed) in a worker process, its output in :func:`worker_log`; returns what it would have said
+    (the parent prints it), so parallel runs do not interleave their progress lines."""
+    lines: list[str] = []
+    with _output_to(worker_log(out, row, seed)):
+        run_row(row, seed, out, data, budget, tasks, say=lines.append, config_dir=config_dir)
+    return lines
+
+
+def _run_plan_parallel(out, data, plan, budget, tasks, keep_going, say, config_dir: Path, workers: int) -> list[str]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    say(f"3/4 {len(plan)} runs in {workers} worker processes, {threads} thread(s) each; the output of each run "
+        f"goes to {out / 'runs'}/<row>_s<seed>.log")
+    failed = []
+    # spawn, not fork: the parent holds torch's thread pools and, after stage 1, open files
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_worker_run, row, seed, out, data, budget, tasks, config_dir): (row, seed)
+                   for row, seed in plan}
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                row, seed = futures[future]
+                err = future.exception()
+                if err is None:
+                    say(f"3/4 [{done}/{len(plan)} done] {row.name} seed {seed}")
+                    for line in future.result():
+                        say(line)
+                    continue
+                if not keep_going:
+                    raise err
+                failed.append(f"{row.name} seed {seed}: {type(err).__name__}: {err} "
+                              f"(log: {worker_log(out, row, seed)})")
+                say(f"3/4 [{done}/{len(plan)} done] FAILED ({failed[-1]}); --keep-going: next run")
+        except BaseException:
+            for future in futures:  # runs not started yet are dropped; the ones running finish and are kept
+                future.cancel()
+            raise
     return failed
