@@ -255,7 +255,7 @@ def test_calibration_script_trains_a_base_and_one_row_and_logs_per_task_accuracy
 
 def test_table_in_worker_processes_matches_sequential_runs_and_keeps_going_past_a_failure(tmp_path):
     """--workers 2: each (row, seed) trains in a spawned worker with one torch thread, its output in its own log;
-    a run that fails (an invalid override) is reported with its log and the others finish. Reference: the same
+    a run that fails (an invalid override) is reported with its log and the other finishes. Reference: the same
     run trained here, sequentially, with one thread: same code, seed, data and thread count means the same
     floating-point operations in the same order, so the trained factors must be bit-identical."""
     import dataclasses
@@ -275,15 +275,14 @@ def test_table_in_worker_processes_matches_sequential_runs_and_keeps_going_past_
     lora = BY_NAME["lora_r2"]
     broken = dataclasses.replace(lora, name="broken", overrides=(*lora.overrides, "adapter.rank=-1"))
     said = []
-    failed = run_table(out, data, [(lora, 0), (broken, 0), (lora, 1)], budget, tasks, keep_going=True,
+    failed = run_table(out, data, [(broken, 0), (lora, 0)], budget, tasks, keep_going=True,
                        say=said.append, workers=2)
     assert len(failed) == 1 and failed[0].startswith("broken seed 0") and "rank" in failed[0]
     assert str(out / "runs" / "broken_s0.log") in failed[0]
-    for seed in (0, 1):
-        run = out / "runs" / f"lora_r2_s{seed}"
-        assert (run / "eval" / "metrics.json").is_file() and (run / RECORD).is_file()
-        assert "Training finished" in (out / "runs" / f"lora_r2_s{seed}.log").read_text()
-    assert sum("done] lora_r2 seed" in line for line in said) == 2
+    run = out / "runs" / "lora_r2_s0"
+    assert (run / "eval" / "metrics.json").is_file() and (run / RECORD).is_file()
+    assert "Training finished" in (out / "runs" / "lora_r2_s0.log").read_text()  # the run's output is in its log
+    assert sum("done] lora_r2 seed 0" in line for line in said) == 1
     alone = dataclasses.replace(lora, name="lora_r2_alone")  # the same run, under another folder name
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
