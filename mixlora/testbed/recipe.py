@@ -262,9 +262,14 @@ def _run_plan(out, data, plan, budget, tasks, keep_going, say, config_dir: Path)
         except Exception as err:  # noqa: BLE001 - re-raised unless keep_going; then reported by the caller
             if not keep_going:
                 raise
-            failed.append(f"{row.name} seed {seed}: {type(err).__name__}: {err}")
+            failed.append(_failure(row, seed, err))
             say(f"    FAILED ({failed[-1]}); --keep-going: next run")
     return failed
+
+
+def _failure(row: Row, seed: int, err: BaseException) -> str:
+    """How a failed (row, seed) is reported, in the returned list and the log line."""
+    return f"{row.name} seed {seed}: {type(err).__name__}: {err}"
 
 
 def _worker_init(threads: int) -> None:
@@ -336,8 +341,7 @@ def _run_plan_parallel(out, data, plan, budget, tasks, keep_going, say, config_d
                     continue
                 if not keep_going:
                     raise err
-                failed.append(f"{row.name} seed {seed}: {type(err).__name__}: {err} "
-                              f"(log: {worker_log(out, row, seed)})")
+                failed.append(f"{_failure(row, seed, err)} (log: {worker_log(out, row, seed)})")
                 say(f"3/4 [{done}/{len(plan)} done] FAILED ({failed[-1]}); --keep-going: next run")
         except BaseException:
             for future in futures:  # runs not started yet are dropped; the ones running finish and are kept
