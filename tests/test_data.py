@@ -5,10 +5,12 @@ fixtures' public formats (tests/fixtures/data, see make_fixtures.py for what eac
 """
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +18,7 @@ from PIL import Image
 from mixlora.constants import IGNORE_INDEX
 from mixlora.data.collator import TRAINING_KEYS, GenerationCollator, TrainingCollator
 from mixlora.data.dataset import ConversationDataset, DataError, LengthGroupedBatchSampler, PromptDataset
-from mixlora.data.images import ImageProcessor
+from mixlora.data.images import ImageMemo, ImageProcessor
 from mixlora.data.templates import get_template
 from mixlora.data.tokenizer import build_tokenizer, load_tokenizer
 
@@ -190,8 +192,9 @@ def test_on_error_raise_names_the_record(tmp_path, tok, processor):
         make_dataset(tmp_path, tok, processor, on_error="raise", records=[record(task=None)])
 
 
-def test_corrupt_image_is_replaced_and_counted(tmp_path, tok, processor):
-    ds = make_dataset(tmp_path, tok, processor)
+@pytest.mark.parametrize("memory_mb", [0, 1])
+def test_corrupt_image_is_replaced_and_counted(tmp_path, tok, processor, memory_mb):
+    ds = make_dataset(tmp_path, tok, processor, image_memory_mb=memory_mb)
     corrupt = [p for p in range(len(ds)) if ds._rows[p]["task_name"] == "VQA_counting"]
     assert corrupt == [3]
     replaced = ds[3]  # wraps around to position 0 (fixture record 0)
@@ -208,6 +211,68 @@ def test_corrupt_image_raises_with_on_error_raise(tmp_path, tok, processor):
     assert ds[0]["index"] == 0
     with pytest.raises(DataError, match=r"record 1 \(task_name='VQA_counting'\): cannot read image .*broken.jpg"):
         ds[1]
+
+
+def test_image_processor_is_the_documented_formula_bit_for_bit():
+    """At the target size (no resize, no crop) the output is ((x / 255) - mean) / std per channel on [3, H, W].
+    Each element passes through the same three correctly rounded float32 operations (IEEE 754 division and
+    subtraction are exact-rounded on every platform), so the results are equal bit for bit, not just close."""
+    rng = np.random.default_rng(0)
+    processor = ImageProcessor(16)
+    mean, std = torch.tensor(processor.mean).view(3, 1, 1), torch.tensor(processor.std).view(3, 1, 1)
+    for _ in range(3):
+        array = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        expected = (torch.from_numpy(array).permute(2, 0, 1).to(torch.float32) / 255 - mean) / std
+        out = processor(Image.fromarray(array))
+        assert out.is_contiguous() and torch.equal(out, expected)
+
+
+def _png(path, colour):
+    Image.new("RGB", (8, 8), colour).save(path)
+    return path
+
+
+def test_image_memo_returns_the_processed_pixels_and_decodes_each_file_once(tmp_path, monkeypatch):
+    processor = ImageProcessor(8)
+    a, b = _png(tmp_path / "a.png", (255, 0, 0)), _png(tmp_path / "b.png", (0, 0, 255))
+    memo = ImageMemo(processor, max_mb=1)
+    decoded = []
+    real_load = ImageProcessor.load
+    monkeypatch.setattr(ImageProcessor, "load", lambda self, path: decoded.append(Path(path).name) or real_load(self, path))
+    first = memo.load(a)
+    first.zero_()  # a caller's in-place change must not reach the memo
+    assert torch.equal(memo.load(a), real_load(processor, a)) and torch.equal(memo.load(b), real_load(processor, b))
+    assert decoded == ["a.png", "b.png"] and (memo.hits, memo.misses, len(memo)) == (1, 2, 2)
+    assert memo.bytes == 2 * 3 * 8 * 8 * 4  # two float32 [3, 8, 8] images
+    # A rewritten file (new content, new modification time) is decoded again.
+    _png(a, (0, 255, 0))
+    os.utime(a, ns=(os.stat(a).st_atime_ns, os.stat(a).st_mtime_ns + 10**9))
+    assert torch.equal(memo.load(a), real_load(processor, a)) and decoded[-1] == "a.png"
+    with pytest.raises(FileNotFoundError):
+        memo.load(tmp_path / "missing.png")
+
+
+def test_image_memo_keeps_only_what_fits_its_budget(tmp_path):
+    processor = ImageProcessor(8)
+    paths = [_png(tmp_path / f"{i}.png", (i * 40, 0, 0)) for i in range(3)]
+    memo = ImageMemo(processor, max_mb=2 * 768 / 2**20)  # room for two [3, 8, 8] float32 images (768 bytes each)
+    for _ in range(2):
+        assert all(torch.equal(memo.load(p), processor.load(p)) for p in paths)
+    assert len(memo) == 2 and memo.bytes == 2 * 768 and (memo.hits, memo.misses) == (2, 4)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_mb must be > 0"):
+            ImageMemo(processor, max_mb=bad)
+
+
+def test_dataset_items_are_identical_with_the_image_memo(tmp_path, tok, processor):
+    plain = make_dataset(tmp_path, tok, processor, records=[record(), record(), record(image=None)])
+    memo = make_dataset(tmp_path, tok, processor, records=[record(), record(), record(image=None)], image_memory_mb=1)
+    for _ in range(2):  # the second pass is served from memory
+        for i in range(len(plain)):
+            assert torch.equal(plain[i]["pixel_values"], memo[i]["pixel_values"])
+    assert (memo._images.hits, memo._images.misses) == (3, 1)  # one file, read 4 times
+    with pytest.raises(ValueError, match="image_memory_mb must be >= 0"):
+        make_dataset(tmp_path, tok, processor, records=[record()], image_memory_mb=-1)
 
 
 def test_overlong_policies(tmp_path, tok, processor):

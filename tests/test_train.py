@@ -113,6 +113,7 @@ def test_missing_data_is_reported_before_training(suite, tmp_path, extra, messag
     (["trainer.optimizer.lr=-1"], r"trainer\.optimizer\.lr must be a positive number"),
     (["logger.mode=cloud"], r"logger\.mode='cloud' is not a valid option"),
     (["data.template=chatml"], r"data\.template='chatml' is not a valid option"),
+    (["data.image_memory_mb=-1"], r"data\.image_memory_mb must be a non-negative integer, got -1"),
     (["trainer.global_batch_size=10"], r"global_batch_size=10 is not divisible by world_size \(1\) x "
                                        r"trainer\.micro_batch_size \(4\) = 4"),
     (["trainer=zero2", "trainer.deepspeed_config=/nonexistent.json"], r"'/nonexistent\.json' does not exist"),

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from mixlora.data.batch_sampler import LengthGroupedBatchSampler
 from mixlora.data.encoding import _OK, _TRUNCATED, OVERLONG_POLICIES, _encode_batch, _encoding_fingerprint
-from mixlora.data.images import IMAGE_ERRORS
+from mixlora.data.images import IMAGE_ERRORS, ImageMemo
 from mixlora.data.records import (CORRUPT_IMAGE, MALFORMED, MISSING_IMAGE, OVERLONG, DataError, RecordError, _where,
                                   malformed_message, parse_record, read_annotations)
 from mixlora.data.templates import encode_segments, expand_image_tokens, get_template, image_token_id_of, \
@@ -103,13 +103,16 @@ class ConversationDataset(Dataset):
         instruction_spans: items also carry ``instruction_span`` = ``(start, end)`` token positions of the first
             user turn's instruction (after image expansion; None when the record has none), for MixLoRA's
             ``routing_tokens="instruction"``. Needs a fast tokenizer.
+        image_memory_mb: keep up to this many MiB of processed images in memory (per process and DataLoader
+            worker; :class:`~mixlora.data.images.ImageMemo`), so later epochs do not decode those files again.
+            0: off (every read decodes the file). The pixels are the same either way.
     """
 
     def __init__(self, annotations: str, tokenizer, image_processor, num_image_tokens: int,
                  image_folder: str | None = None, template: str = "vicuna_v1", max_length: int = 2048,
                  overlong: str = "truncate_answer", on_error: str = "skip", check_images: bool = True,
                  default_task_name: str | None = None, max_replacements: int = 16, cache_dir: str | None = None,
-                 num_proc: int | None = None, instruction_spans: bool = False):
+                 num_proc: int | None = None, instruction_spans: bool = False, image_memory_mb: float = 0):
         check_choice("overlong", overlong, OVERLONG_POLICIES)
         check_choice("on_error", on_error, ON_ERROR)
         get_template(template)
@@ -122,6 +125,9 @@ class ConversationDataset(Dataset):
             raise FileNotFoundError(f"annotation file {self.annotations!r} does not exist")
         self.image_folder = Path(image_folder) if image_folder is not None else Path(self.annotations).parent
         self.image_processor = image_processor
+        if image_memory_mb < 0:
+            raise ValueError(f"image_memory_mb must be >= 0 (0 = off), got {image_memory_mb}")
+        self._images = ImageMemo(image_processor, image_memory_mb) if image_memory_mb else image_processor
         self.num_image_tokens = num_image_tokens
         self.image_token_id = image_token_id_of(tokenizer)
         if tokenizer.eos_token_id is None:
@@ -245,7 +251,7 @@ class ConversationDataset(Dataset):
     def _pixels(self, row) -> torch.Tensor:
         if row["image"] is None:
             return self.image_processor.blank()
-        return self.image_processor.load(self.image_folder / row["image"])
+        return self._images.load(self.image_folder / row["image"])
 
     def _sample(self, row, pixel_values) -> dict:
         ids, labels = expand_image_tokens(row["input_ids"], row["labels"], self.image_token_id, self.num_image_tokens)

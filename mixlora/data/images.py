@@ -11,6 +11,8 @@ the three steps above (the crop is then a no-op).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from PIL import Image
@@ -51,6 +53,8 @@ class ImageProcessor:
         if len(pad_color) != 3 or not all(0 <= c <= 255 for c in pad_color):
             raise ValueError(f"pad_color must be three ints in 0..255, got {pad_color}")
         self.pad_color = pad_color
+        self._mean = torch.tensor(self.mean)  # float32 [3], broadcast over [H, W, 3]
+        self._std = torch.tensor(self.std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
@@ -58,10 +62,10 @@ class ImageProcessor:
             image = _pad_to_square(image, self.pad_color)
         image = _resize_shortest_side(image, self.image_size)
         image = _center_crop(image, self.image_size)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, H, W]
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return ((pixels - mean) / std).contiguous()
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)  # [H, W, 3]
+        # Normalised channel-last, then transposed once: the same float32 operations in the same order as on a
+        # [3, H, W] view, at a third of the time for small images (no strided arithmetic).
+        return ((pixels - self._mean) / self._std).permute(2, 0, 1).contiguous()
 
     def load(self, path) -> torch.Tensor:
         """Open, fully decode and process an image file; raises one of ``IMAGE_ERRORS`` if it is unreadable."""
@@ -76,6 +80,51 @@ class ImageProcessor:
     def __repr__(self):
         return (f"ImageProcessor(image_size={self.image_size}, resize_mode={self.resize_mode!r}, "
                 f"mean={self.mean}, std={self.std}, pad_color={self.pad_color})")
+
+
+class ImageMemo:
+    """Processed images held in memory, so that data read for many epochs decodes each file once.
+
+    ``load(path)`` returns what ``processor.load(path)`` returns (the same bits: the memo stores that result). The
+    first results that fit in ``max_mb`` MiB are kept, keyed by the path, the file's modification time (ns) and its
+    size, so a file rewritten during a run is read again; nothing is evicted. For data sampled uniformly (a
+    shuffled epoch) any fixed set of kept images gives the same hit rate, budget / data size, so keeping the first
+    ones costs no hits and no bookkeeping. Each process fills its own memo: with DataLoader workers the memory is up
+    to ``max_mb`` per worker. ``load`` returns a copy, so a caller changing a tensor in place cannot alter the memo.
+
+    Args:
+        processor: the :class:`ImageProcessor` whose ``load`` fills the memo.
+        max_mb: memory budget in MiB (> 0). A 64 px image takes 48 KiB (float32 [3, 64, 64]), a 224 px one 588 KiB.
+    """
+
+    def __init__(self, processor: ImageProcessor, max_mb: float):
+        if not max_mb > 0:
+            raise ValueError(f"max_mb must be > 0 MiB, got {max_mb!r}")
+        self.processor = processor
+        self.max_bytes = int(max_mb * 2**20)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._table: dict[tuple, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def load(self, path) -> torch.Tensor:
+        """``processor.load(path)``, from memory when this file (unchanged) was loaded before."""
+        stat = os.stat(path)  # FileNotFoundError (an OSError, so one of IMAGE_ERRORS) for a missing file
+        key = (os.fspath(path), stat.st_mtime_ns, stat.st_size)
+        kept = self._table.get(key)
+        if kept is not None:
+            self.hits += 1
+            return kept.clone()
+        self.misses += 1
+        pixels = self.processor.load(path)
+        size = pixels.element_size() * pixels.nelement()
+        if self.bytes + size <= self.max_bytes:
+            self._table[key] = pixels.clone()
+            self.bytes += size
+        return pixels
 
 
 def _pad_to_square(image: Image.Image, color) -> Image.Image:

@@ -175,7 +175,7 @@ def build_dataset(data: DataSettings, tokenizer, image_processor, num_image_toke
                              image_folder=data.image_folder, template=data.template, max_length=data.max_length,
                              overlong=data.overlong, on_error=data.on_error, check_images=data.check_images,
                              cache_dir=data.cache_dir, default_task_name=data.default_task_name,
-                             instruction_spans=instruction_spans)
+                             instruction_spans=instruction_spans, image_memory_mb=data.image_memory_mb)
     lengths = list(ds.lengths)
     if data.tasks is not None:
         chosen = select_tasks(ds.task_names, data.tasks, source=data.annotations)

@@ -212,6 +212,10 @@ class DataSettings:
     ``adapter.routing_source=task`` only (and required by it): every task_name of the training file must have
     one; each micro-batch then gains one definition row per task. null: no definition rows.
 
+    ``image_memory_mb``: MiB of processed images each process keeps in memory after their first read
+    (:class:`mixlora.data.images.ImageMemo`; 0 = off). It changes the speed, never the pixels, so it may change when
+    resuming.
+
     ``annotations`` and ``image_folder`` have no default: every data config names its files (``image_folder:
     null`` for records whose image paths are absolute, or that have no images).
     """
@@ -227,6 +231,7 @@ class DataSettings:
     tasks: Optional[list] = None
     default_task_name: Optional[str] = None  # for records without task_name (captions, LLaVA-665K)
     num_workers: int = 0
+    image_memory_mb: int = 0  # MiB of processed images kept in memory per process (0: off); same pixels either way
     cache_dir: Optional[str] = None
     generate: Optional[dict] = None
     task_definitions: Optional[str] = None
@@ -243,6 +248,7 @@ class DataSettings:
         _positive_int("data", "max_length", self.max_length)
         _positive_int("data", "max_samples", self.max_samples, allow_none=True)
         _positive_int("data", "num_workers", self.num_workers, allow_zero=True)
+        _positive_int("data", "image_memory_mb", self.image_memory_mb, allow_zero=True)
         if self.tasks is not None:
             bad = isinstance(self.tasks, str) or not isinstance(self.tasks, (list, tuple)) or not self.tasks
             if bad or not all(isinstance(t, str) and t.strip() for t in self.tasks):

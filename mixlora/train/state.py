@@ -82,7 +82,7 @@ TRAINED_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "projector.
 # Keys that may differ between a run and its continuation.
 RESUMABLE_KEYS = ("output_dir", "resume", "overwrite", "logger", "trainer.max_steps", "trainer.save_every",
                   "trainer.keep_checkpoints", "trainer.log_every", "trainer.progress", "trainer.progress_bar",
-                  "data.num_workers", "data.cache_dir")
+                  "data.num_workers", "data.cache_dir", "data.image_memory_mb")
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
