@@ -44,7 +44,7 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(ROOT / "data/testbed_table"),
+    p.add_argument("--data", default="data/testbed_table",
                    help="a testbed build (any sizes); the table's build is generated there if it holds none")
     p.add_argument("--batch", type=int, default=128, help="samples per batch (the testbed's)")
     p.add_argument("--batches", type=int, default=40, help="timed batches per mode")
