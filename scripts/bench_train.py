@@ -33,9 +33,6 @@ from tqdm import tqdm
 
 from mixlora.profiling import run_metadata, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def build_variants(args, tokenizer, model_cfg, device, autocast_dtype):
     """{name: (model, backend, trainable parameter count)}; the backend is train.py's single-process one."""
     from mixlora import AdapterConfig, inject_adapters
@@ -133,8 +130,8 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(ROOT / "data/synthetic"), help="synthetic suite folder (generated if missing)")
-    p.add_argument("--model", default=str(ROOT / "configs/model/tiny.yaml"), help="model config")
+    p.add_argument("--data", default="data/synthetic", help="synthetic suite folder (generated if missing)")
+    p.add_argument("--model", default="configs/model/tiny.yaml", help="model config")
     p.add_argument("--batch", type=int, default=8, help="samples per step (the default train.py batch)")
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--factors", type=int, default=8)
