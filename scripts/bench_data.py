@@ -18,9 +18,9 @@ machine noise hits both alike. The result also checks that both modes return ide
 from __future__ import annotations
 
 import argparse
-import tempfile
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,24 +53,25 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from omegaconf import OmegaConf
+
+    from mixlora.build import build_tokenizer_from_config
     from mixlora.data.collator import TrainingCollator
     from mixlora.data.dataset import ConversationDataset
     from mixlora.data.images import ImageProcessor
     from mixlora.data.testbed import make_testbed
     from mixlora.data.testbed.writer import read_manifest
-    from omegaconf import OmegaConf
-
-    from mixlora.build import build_tokenizer_from_config
     from mixlora.testbed.recipe import IMAGE_POOL, TABLE_DATA, TEMPLATE, template_corpus
 
     data = Path(args.data)
     manifest = read_manifest(data) or make_testbed(data, progress=sys.stderr.isatty(), **TABLE_DATA)
     annotations = data / "train.json"
+    model_cfg = OmegaConf.load(ROOT / "configs/model/tiny.yaml")  # the testbed's stack
     with tempfile.TemporaryDirectory() as tmp:  # the testbed's tokenizer: its corpus and the tiny stack's BPE
         corpus = [data / "stage1.json", annotations, template_corpus(Path(tmp))]
-        tokenizer = build_tokenizer_from_config(OmegaConf.load(ROOT / "configs/model/tiny.yaml").tokenizer, corpus)
+        tokenizer = build_tokenizer_from_config(model_cfg.tokenizer, corpus)
     processor = ImageProcessor(manifest["image_size"])
-    image_tokens = (manifest["image_size"] // 8 // IMAGE_POOL) ** 2  # the tiny tower's 8 px patches, pooled
+    image_tokens = (manifest["image_size"] // model_cfg.builder.patch_size // IMAGE_POOL) ** 2  # pooled patches
     datasets = {mode: ConversationDataset(str(annotations), tokenizer, processor, image_tokens,
                                           image_folder=str(data / "images"), template=TEMPLATE, max_length=128,
                                           instruction_spans=True, image_memory_mb=memory)
