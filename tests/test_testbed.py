@@ -36,17 +36,39 @@ def test_every_row_composes_to_the_adapter_it_names():
         if row.method == "mixlora":
             assert adapter.num_factors == row.num_factors and adapter.rank < adapter.num_factors
             assert adapter.routing_tokens == row.routing
-            released = row.variant == "released"
-            assert adapter.cfs == ("released" if released else "none" if row.variant == "ifs_only" else "paper")
-            assert adapter.alpha == (2 * row.num_factors if released else 2 * row.rank)
-            assert adapter.routing_source == ("random" if row.variant == "random" else "instance")
-            learned = ("straight_through", "straight_through_detached")
-            assert adapter.router_grad == (row.variant if row.variant in learned else "none")
+            e, r = row.num_factors, row.rank
+            # variant: (cfs, alpha, decode routing, routing source, router gradient), written out per variant
+            expected = {
+                "corrected": ("paper", 2 * r, "prefill", "instance", "none"),
+                "released": ("released", 2 * e, "per_step", "instance", "none"),
+                "ifs_only": ("none", 2 * r, "prefill", "instance", "none"),
+                "random": ("paper", 2 * r, "prefill", "random", "none"),
+                "straight_through": ("paper", 2 * r, "prefill", "instance", "straight_through"),
+                "straight_through_detached": ("paper", 2 * r, "prefill", "instance", "straight_through_detached"),
+                "corrected_cfs_released": ("released", 2 * r, "prefill", "instance", "none"),
+                "released_alpha_2r": ("released", 2 * r, "per_step", "instance", "none"),
+            }[row.variant]
+            assert (adapter.cfs, adapter.alpha, adapter.decode_routing, adapter.routing_source,
+                    adapter.router_grad) == expected, row.name
         else:
             assert adapter.kind == "lora" and adapter.alpha == 2 * row.rank
     assert set(DEMO_ROWS) <= set(BY_NAME)
     with pytest.raises(ValueError, match="unknown testbed rows"):
         select_rows(["lora_r3"])
+
+
+def test_the_released_gap_decomposes_one_difference_at_a_time():
+    """mixc_e8_r2_instr -> mixc_e8_r2_instr_cfsrel -> mixrel_e8_r2_instr_alpha2r -> mixrel_e8_r2_instr: each step
+    changes one thing (routing precision goes with the released decode: in float32, the testbed's dtype, 'layer'
+    and 'float32' are the same arithmetic)."""
+    from dataclasses import asdict
+
+    chain = ["mixc_e8_r2_instr", "mixc_e8_r2_instr_cfsrel", "mixrel_e8_r2_instr_alpha2r", "mixrel_e8_r2_instr"]
+    configs = [asdict(AdapterConfig.coerce(compose_config(list(BY_NAME[n].overrides)).adapter)) for n in chain]
+    steps = [{k for k in a if a[k] != b[k]} for a, b in zip(configs, configs[1:])]
+    assert steps == [{"cfs"}, {"decode_routing", "routing_precision"}, {"alpha"}]
+    claimed = {(a, b) for _, a, b in R.CLAIMS}
+    assert set(zip(chain, chain[1:])) <= claimed  # each step is a reported claim
 
 
 def test_lora_r8_trains_as_many_numbers_as_mixlora_e8_r2():
@@ -160,6 +182,55 @@ def test_incomplete_seed_is_left_out_and_difference_within_noise_is_not_a_verdic
     b = {"mean": 50.0, "se": 1.0}
     assert R.difference(a, b)["verdict"] == "not distinguishable"
     assert R.difference(b, {"mean": 60.0, "se": 1.0})["verdict"] == "reversed"
+
+
+def test_merged_report_carries_rows_out_has_not_run_and_computes_claims_over_the_union(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for task, acc in zip(TASKS, [95, 90, 92, 88]):
+        _fake_run(first, "spec_lora_r2", 0, {t: (acc if t == task else 0.0) for t in TASKS}, task=task)
+    _fake_run(first, "lora_r2", 0, dict(zip(TASKS, [10, 10, 10, 10])))  # replaced by the second folder's row
+    _fake_run(first, "lora_r2", 1, dict(zip(TASKS, [12, 12, 12, 12])))
+    usage = {"run": "mixc_e8_r2_instr_s0", "per_task": 2, "tasks": TASKS[:1], "usage": {TASKS[0]: [1.0, 1.0]}}
+    R.write_report(first, TASKS, "first command", usage, stem="first")
+    _fake_run(second, "lora_r2", 0, dict(zip(TASKS, [80, 40, 70, 50])))
+    _fake_run(second, "lora_r2", 1, dict(zip(TASKS, [84, 44, 74, 54])))
+    _fake_run(second, "mixc_e8_r2_instr", 0, dict(zip(TASKS, [90, 80, 85, 75])))
+    _fake_run(second, "mixc_e8_r2_instr", 1, dict(zip(TASKS, [90, 84, 85, 79])))
+    report = R.write_report(second, TASKS, "second command", merge=[first / "first.json"])
+    by = {r["row"]: r for r in report["rows"]}
+    assert [r["row"] for r in report["rows"]] == ["spec_lora_r2", "lora_r2", "mixc_e8_r2_instr"]  # table order
+    assert by["spec_lora_r2"]["from"] == str(first / "first.json") and "from" not in by["lora_r2"]
+    assert by["lora_r2"]["seen"]["mean"] == pytest.approx((60 + 64) / 2)  # the second folder's runs, not 11
+    assert by["spec_lora_r2"]["seen"]["mean"] == pytest.approx((95 + 90 + 92 + 88) / 4)
+    size = report["interference"]["size"]  # the carried specialists against the second folder's LoRA r2
+    assert size["diff"] == pytest.approx((92 + 88) / 2 - ((70 + 50) / 2 + (74 + 54) / 2) / 2)
+    assert any(c["a"] == "mixc_e8_r2_instr" and c["b"] == "lora_r2" for c in report["claims"])
+    assert report["merged"] == [{"file": str(first / "first.json"), "command": "first command",
+                                 "rows": ["spec_lora_r2"]}]
+    assert report["routing_usage"] == usage  # none measured in the second folder: the merged one is kept
+    text = (second / "results.md").read_text()
+    assert "| spec_lora_r2 * | 1 |" in text and "| lora_r2 | 2 |" in text and "first command" in text
+    # merging the merged report again keeps where each carried row came from
+    again = R.build_report(tmp_path / "empty", TASKS, merge=[second / "results.json"])
+    assert {r["row"]: r["from"] for r in again["rows"]}["spec_lora_r2"] == str(first / "first.json")
+    assert [m["file"] for m in again["merged"]] == [str(first / "first.json"), str(second / "results.json")]
+
+
+def test_merge_refuses_other_tasks_and_files_that_are_not_reports(tmp_path):
+    _fake_run(tmp_path / "a", "lora_r2", 0, dict(zip(TASKS, [50, 50, 50, 50])))
+    R.write_report(tmp_path / "a", TASKS)
+    with pytest.raises(ValueError, match="must score the same tasks"):
+        R.build_report(tmp_path / "b", TASKS[:2], merge=[tmp_path / "a" / "results.json"])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a testbed report"):
+        R.build_report(tmp_path / "b", TASKS, merge=[tmp_path / "list.json"])
+    cli = subprocess.run([sys.executable, "-m", "mixlora.testbed", "report", str(tmp_path / "b"), "--data",
+                          str(tmp_path / "nodata"), "--merge", str(tmp_path / "missing.json")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 2 and "cannot read the report to merge" in cli.stderr
+    train = subprocess.run([sys.executable, "-m", "mixlora.testbed", "table", str(tmp_path / "b"), "--merge",
+                            str(tmp_path / "list.json")], capture_output=True, text=True, cwd=ROOT)
+    assert train.returncode == 2 and "--merge is an option of the report command" in train.stderr
 
 
 def test_cli_rejects_unknown_rows_and_lists_runs(tmp_path):

@@ -6,6 +6,7 @@
     python -m mixlora.testbed table runs/mini --workers 2     # two runs at a time (one per core on 2 cores)
     python -m mixlora.testbed table runs/mini --dry-run       # list the runs only
     python -m mixlora.testbed report runs/mini --dest results/mini --stem mini_table
+    python -m mixlora.testbed report runs/more --merge results/mini/mini_table.json --dest results/mini --stem mini_table
 
 Both commands generate the testbed data once (``--data``, default data/testbed), train the stage-1 base once per
 OUT, then every row and seed; finished runs are skipped, so an interrupted command resumes where it stopped.
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
     parser.add_argument("--dest", type=Path, default=None, help="where the report goes (default OUT)")
     parser.add_argument("--stem", default="results", help="report file names: STEM.json, STEM.md, plots/STEM_*.png")
+    parser.add_argument("--merge", nargs="+", type=Path, default=(), metavar="JSON",
+                        help="report only: earlier report JSONs of the same tasks whose rows OUT has not run are "
+                             "carried into this report as recorded (claims are computed over all rows)")
     return parser
 
 
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--seeds must be non-negative integers, got {args.seeds}")
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.merge and args.command != "report":
+            raise ValueError("--merge is an option of the report command (it trains nothing)")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -122,7 +128,11 @@ def _report(out: Path, data: Path, tasks: list[str], command: str, args) -> int:
         if (run / "adapter_model.safetensors").is_file():
             usage = routing_usage(run, data)
             break
-    report = write_report(out, tasks, command, usage, dest=args.dest, stem=args.stem)
+    try:
+        report = write_report(out, tasks, command, usage, dest=args.dest, stem=args.stem, merge=args.merge)
+    except ValueError as err:  # a merged file that is not a report of these tasks
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(markdown(report))
     return 0
 

@@ -11,6 +11,11 @@ the table). A difference of two rows has ``SE = sqrt(SE_a^2 + SE_b^2)``; a verdi
 
 Interference in a family = specialist accuracy minus joint LoRA r2 accuracy on that family (seen split): how much
 sharing one low-rank adapter across conflicting mappings costs.
+
+A table made in several places (two machines, or a row added after the others' run folders are gone) is one
+report: ``merge`` takes earlier report JSONs of the same tasks, and every row they hold that OUT has not run is
+carried over as recorded (marked with ``"from"``); claims and interference are computed over the union, since
+they need only each row's mean and SE. A row run in OUT replaces the same row of a merged file.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import math
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Optional
+from typing import Optional, Sequence
 
 from .recipe import RECORD, SPLITS
 from .rows import BY_NAME
@@ -36,6 +41,12 @@ CLAIMS = (
     ("Learned (straight-through) routers beat frozen ones", "st_e8_r2_instr", "mixc_e8_r2_instr"),
     ("Learned routers, router input detached, beat frozen ones", "stdet_e8_r2_instr", "mixc_e8_r2_instr"),
     ("Corrected MixLoRA beats the released layer (same E, r)", "mixc_e8_r2_prompt", "mixrel_e8_r2"),
+    # The released gap one difference at a time (instruction routing throughout; rows.py):
+    ("The paper's CFS formula beats the released one", "mixc_e8_r2_instr", "mixc_e8_r2_instr_cfsrel"),
+    ("Reusing the prefill routing while decoding beats re-routing each step (released formula)",
+     "mixc_e8_r2_instr_cfsrel", "mixrel_e8_r2_instr_alpha2r"),
+    ("The multiplier 2 beats the released 2E/r (released layer)", "mixrel_e8_r2_instr_alpha2r",
+     "mixrel_e8_r2_instr"),
 )
 INTERFERENCE_REFERENCE = ("spec_lora_r2", "lora_r2")
 
@@ -108,11 +119,34 @@ def difference(a: dict, b: dict) -> dict:
     return {"diff": diff, "se": se, "verdict": verdict}
 
 
-def build_report(out: Path, tasks: list[str], command: str = "") -> dict:
+def load_merged(path: Path, tasks: list[str]) -> dict:
+    """An earlier report JSON to merge; refused (ValueError) unless it is a report over exactly ``tasks``."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the report to merge {path}: {err}") from err
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+        raise ValueError(f"{path} is not a testbed report (no 'rows' list); pass a STEM.json the report wrote")
+    if report.get("tasks") != tasks:
+        raise ValueError(f"{path} reports the tasks {report.get('tasks')}, this data {tasks}: a merged table "
+                         "must score the same tasks (choose the --data it was made on)")
+    return report
+
+
+def build_report(out: Path, tasks: list[str], command: str = "", merge: Sequence[Path] = ()) -> dict:
     raw = collect(out)
-    order = [n for n in BY_NAME if n in raw] + sorted(n for n in raw if n not in BY_NAME)
-    rows = [r for r in (summarize_row(n, raw[n], tasks) for n in order) if r is not None]
-    by = {r["row"]: r for r in rows}
+    by = {r["row"]: r for r in (summarize_row(n, seeds, tasks) for n, seeds in raw.items()) if r is not None}
+    merged = []
+    for path in merge:
+        earlier = load_merged(path, tasks)
+        carried = [r for r in earlier["rows"] if r["row"] not in by]
+        for r in carried:
+            by[r["row"]] = {**r, "from": r.get("from", str(path))}
+        merged += earlier.get("merged", [])
+        merged.append({"file": str(path), "command": earlier.get("command", ""),
+                       "rows": [r["row"] for r in carried]})
+    order = [n for n in BY_NAME if n in by] + sorted(n for n in by if n not in BY_NAME)
+    rows = [by[n] for n in order]
     claims = []
     for claim, a, b in CLAIMS:
         if a in by and b in by:
@@ -123,7 +157,10 @@ def build_report(out: Path, tasks: list[str], command: str = "") -> dict:
     if spec in by and joint in by:
         for family, s in by[spec]["seen_families"].items():
             interference[family] = difference(s, by[joint]["seen_families"][family])
-    return {"command": command, "tasks": tasks, "rows": rows, "claims": claims, "interference": interference}
+    report = {"command": command, "tasks": tasks, "rows": rows, "claims": claims, "interference": interference}
+    if merged:
+        report["merged"] = merged
+    return report
 
 
 def _pm(stat: dict) -> str:
@@ -142,7 +179,13 @@ def markdown(report: dict) -> str:
               "|---|---:|---:|---:|" + "---:|" * len(families)]
     for r in rows:
         fam = " | ".join(_pm(r["seen_families"][f]) for f in families)
-        lines.append(f"| {r['row']} | {len(r['seeds'])} | {_pm(r['seen'])} | {_pm(r['unseen'])} | {fam} |")
+        mark = " *" if "from" in r else ""
+        lines.append(f"| {r['row']}{mark} | {len(r['seeds'])} | {_pm(r['seen'])} | {_pm(r['unseen'])} | {fam} |")
+    if any("from" in r for r in rows):
+        lines += ["", "\\* carried from an earlier report, as it recorded the row:"]
+        for m in report.get("merged", []):
+            if m["rows"]:
+                lines.append(f"`{m['file']}` (made by `{m['command']}`): {', '.join(m['rows'])}")
     if report["interference"]:
         lines += ["", "## Interference (specialist LoRA r2 minus joint LoRA r2, seen)", "",
                   "| Family | Difference | 2 SE | Separated |", "|---|---:|---:|---|"]
@@ -216,12 +259,15 @@ def plot_usage(usage: dict, path: Path) -> Optional[Path]:
 
 
 def write_report(out: Path, tasks: list[str], command: str = "", usage: Optional[dict] = None,
-                 dest: Optional[Path] = None, stem: str = "results") -> dict:
-    """Write ``DEST/<stem>.json``, ``DEST/<stem>.md`` and ``DEST/plots/`` (DEST defaults to OUT)."""
+                 dest: Optional[Path] = None, stem: str = "results", merge: Sequence[Path] = ()) -> dict:
+    """Write ``DEST/<stem>.json``, ``DEST/<stem>.md`` and ``DEST/plots/`` (DEST defaults to OUT). Without a
+    usage measured in OUT, the first merged report's routing usage is kept."""
     from mixlora.checkpoint import atomic_write
 
     dest = dest or out
-    report = build_report(out, tasks, command)
+    report = build_report(out, tasks, command, merge)
+    if usage is None:
+        usage = next((u for u in (load_merged(p, tasks).get("routing_usage") for p in merge) if u), None)
     if usage is not None:
         report["routing_usage"] = usage
     dest.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,9 @@ def _lora(name, r, kind="joint", seeds=3, note="", lr_scale=1.0):
                lr_scale=lr_scale)
 
 
-def _mix(name, e, r, routing, variant="corrected", seeds=3, extra=(), note=""):
-    preset = "mixlora_released" if variant == "released" else "mixlora"
+def _mix(name, e, r, routing, variant="corrected", seeds=3, extra=(), note="", released=False):
+    """A MixLoRA row on the corrected preset (``adapter=mixlora``), or the released one with ``released=True``."""
+    preset = "mixlora_released" if released else "mixlora"
     overrides = (f"adapter={preset}", f"adapter.num_factors={e}", f"adapter.rank={r}",
                  f"adapter.routing_tokens={routing}", *extra)
     return Row(name, "joint", overrides, seeds, "mixlora", e, r, routing, variant, note=note)
@@ -71,10 +72,21 @@ ROWS: tuple[Row, ...] = (
     _mix("mixc_e8_r4_prompt", 8, 4, "prompt"),
     _mix("mixc_e16_r2_instr", 16, 2, "instruction"),
     _mix("mixc_e16_r2_prompt", 16, 2, "prompt"),
-    _mix("mixrel_e8_r2", 8, 2, "all", variant="released", note="released: mean over every token, as coded CFS"),
-    _mix("mixrel_e8_r4", 8, 4, "all", variant="released"),
-    _mix("mixrel_e16_r2", 16, 2, "all", variant="released"),
-    _mix("mixrel_e8_r2_instr", 8, 2, "instruction", variant="released", note="released layer, instruction routing"),
+    _mix("mixrel_e8_r2", 8, 2, "all", variant="released", released=True,
+         note="released: mean over every token, as coded CFS"),
+    _mix("mixrel_e8_r4", 8, 4, "all", variant="released", released=True),
+    _mix("mixrel_e16_r2", 16, 2, "all", variant="released", released=True),
+    _mix("mixrel_e8_r2_instr", 8, 2, "instruction", variant="released", released=True,
+         note="released layer, instruction routing"),
+    # The released layer differs from the corrected one, both routed on the instruction, in three things: its CFS
+    # formula, per-step routing while decoding, and alpha = 2E (multiplier 2E/r = 8 here, against 2). Two rows
+    # change one at a time, so the gap decomposes: mixc_e8_r2_instr -(formula)-> mixc_e8_r2_instr_cfsrel
+    # -(decode routing)-> mixrel_e8_r2_instr_alpha2r -(multiplier)-> mixrel_e8_r2_instr.
+    _mix("mixc_e8_r2_instr_cfsrel", 8, 2, "instruction", variant="corrected_cfs_released",
+         extra=("adapter.cfs=released",), note="corrected layer with the released CFS formula"),
+    _mix("mixrel_e8_r2_instr_alpha2r", 8, 2, "instruction", variant="released_alpha_2r", extra=("adapter.alpha=4",),
+         released=True,
+         note="released layer, instruction routing, alpha = 2r (the corrected multiplier, 2)"),
     _mix("ifs_e8_r2_instr", 8, 2, "instruction", variant="ifs_only", extra=("adapter.cfs=none",)),
     _mix("rand_e8_r2", 8, 2, "instruction", variant="random", extra=("adapter.routing_source=random",)),
     _mix("st_e8_r2_instr", 8, 2, "instruction", variant="straight_through",
