@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's main job (`make demo`): the interference testbed's reduced table on CPU (about 4 minutes on 2 idle
+# The README's main job (`make demo`): the interference testbed's reduced table on CPU (2.5-4 minutes on 2 idle
 # cores). Everything is in `python -m mixlora.testbed demo` (docs/testbed.md); this wrapper only picks the venv.
 #   bash scripts/demo.sh [OUT_DIR]          (default runs/demo; env PY, WORKERS: runs at a time, default 2)
 set -euo pipefail

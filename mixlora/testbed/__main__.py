@@ -1,6 +1,6 @@
 """The interference testbed on CPU: ``python -m mixlora.testbed {demo,table,report} OUT [options]``.
 
-    python -m mixlora.testbed demo runs/demo                  # the README's `make demo`: reduced table, ~4 min
+    python -m mixlora.testbed demo runs/demo                  # the README's `make demo`: reduced table, 2.5-4 min
     python -m mixlora.testbed table runs/mini                 # every row, default seeds (resumable)
     python -m mixlora.testbed table runs/mini --rows lora_r2 mixc_e8_r2_instr --seeds 0 1
     python -m mixlora.testbed table runs/mini --workers 2     # two runs at a time (one per core on 2 cores)
