@@ -136,9 +136,10 @@ def load_merged(path: Path, tasks: list[str]) -> dict:
 def build_report(out: Path, tasks: list[str], command: str = "", merge: Sequence[Path] = ()) -> dict:
     raw = collect(out)
     by = {r["row"]: r for r in (summarize_row(n, seeds, tasks) for n, seeds in raw.items()) if r is not None}
-    merged = []
+    merged, usage = [], None
     for path in merge:
         earlier = load_merged(path, tasks)
+        usage = usage or earlier.get("routing_usage")
         carried = [r for r in earlier["rows"] if r["row"] not in by]
         for r in carried:
             by[r["row"]] = {**r, "from": r.get("from", str(path))}
@@ -160,6 +161,8 @@ def build_report(out: Path, tasks: list[str], command: str = "", merge: Sequence
     report = {"command": command, "tasks": tasks, "rows": rows, "claims": claims, "interference": interference}
     if merged:
         report["merged"] = merged
+    if usage:  # the first merged report's; write_report replaces it with one measured in OUT
+        report["routing_usage"] = usage
     return report
 
 
@@ -266,8 +269,7 @@ def write_report(out: Path, tasks: list[str], command: str = "", usage: Optional
 
     dest = dest or out
     report = build_report(out, tasks, command, merge)
-    if usage is None:
-        usage = next((u for u in (load_merged(p, tasks).get("routing_usage") for p in merge) if u), None)
+    usage = report.get("routing_usage") if usage is None else usage
     if usage is not None:
         report["routing_usage"] = usage
     dest.mkdir(parents=True, exist_ok=True)
