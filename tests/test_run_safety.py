@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -27,7 +26,8 @@ from mixlora.train import ConfigError
 from mixlora.train.state import checkpoint_problem, list_checkpoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_setup import ROOT, metrics, small, suite, train  # noqa: E402,F401  (shared helpers and fixture)
+from train_setup import (ROOT, metrics, process_env, small, suite,  # noqa: E402,F401  (shared helpers and fixture)
+                         train, train_process)
 
 # 40 samples / micro 4 / accumulation 2 = 5 steps per epoch; dropout makes the RNG state matter.
 COMMON = ("data.max_samples=40", "adapter.dropout=0.1", "trainer.log_every=1")
@@ -164,8 +164,8 @@ def test_kills_at_every_kind_of_point_resume_to_the_uninterrupted_weights(suite,
     with the same command ends with the uninterrupted run's weights and one metrics record per step."""
     steps = ("trainer.schedule_steps=12", "trainer.save_every=2", "trainer.keep_checkpoints=2")
     full, cut = tmp_path / "full", tmp_path / "cut"
-    train(suite, full, *COMMON, *steps)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    train_process(suite, full, *COMMON, *steps)  # a child process, as the killed ones are (same thread count)
+    env = process_env()
     cmd = [str(ROOT / "train.py"), *small(suite, cut, *COMMON, *steps), "resume=true"]
     delay_ms = random.Random(0).randrange(3000, 9000)
     # (point, n): each resumed process dies at the n-th time it gets there

@@ -7,6 +7,9 @@ paper's local checkpoints.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,24 @@ def small(suite: Path, out: Path, *extra: str) -> list[str]:
 
 def train(suite, out, *extra):
     return run(compose_config(small(suite, out, *extra)))
+
+
+def process_env() -> dict:
+    """The environment of a ``python train.py`` child process: offline, no tokenizer threads."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def train_process(suite, out, *extra) -> subprocess.CompletedProcess:
+    """``python train.py OVERRIDES`` in a child process, which must succeed.
+
+    The reference of a test whose other runs are child processes (killed and resumed ones) must be one too:
+    a bit-for-bit comparison holds only between runs with the same torch thread count, and the test process's
+    count is whatever earlier tests left (a benchmark's ``main()`` sets it; 1 and 2 threads give weights that
+    differ by ~1e-6, since the reductions in the matrix products split differently)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *small(suite, out, *extra)], env=process_env(),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def metrics(out: Path) -> list[dict]:
