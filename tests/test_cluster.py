@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_setup import ROOT, metrics, small, suite, train  # noqa: E402,F401
+from train_setup import ROOT, metrics, process_env, small, suite, train  # noqa: E402,F401
 from test_train_distributed import assert_same_weights  # noqa: E402
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is in requirements.txt")
@@ -35,7 +35,7 @@ def sweep_command(suite: Path, sweep_dir: Path) -> list[str]:
 
 def test_a_preempted_submitit_sweep_resubmitted_with_resume_ends_like_uninterrupted_runs(suite, tmp_path):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = process_env()
     cmd = sweep_command(suite, sweep)
     # Preemption: the whole allocation (launcher and both jobs) is killed once job 0 has a mid-run checkpoint.
     first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

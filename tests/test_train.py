@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from mixlora.train import ConfigError, compose_config, run
 from mixlora.train.settings import TrainerSettings
 from mixlora.train.state import list_checkpoints, plan_output_dir
 from mixlora.train.validate import preflight
-from train_setup import ROOT, local_checkpoints, metrics, small, suite, train  # noqa: F401  (suite: the fixture)
+from train_setup import ROOT, local_checkpoints, metrics, process_env, small, suite, train  # noqa: F401  (the fixture)
 
 
 # Every experiment except the paper-table rows (t1_, t1c_, cfs_, routing_, t2_), which tests/test_experiments.py
@@ -217,7 +216,7 @@ def test_slurm_launcher_config_runs_one_task_per_gpu():
 
 @pytest.mark.slow
 def test_cli_multirun_gives_every_job_its_own_run_directory(suite, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = process_env()
     overrides = [o for o in small(suite, tmp_path / "unused", "trainer.max_steps=1") if not o.startswith("output_dir")]
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--multirun", "adapter.rank=2,4", *overrides],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -234,7 +233,7 @@ def test_batch_log_gets_a_plain_line_every_log_every_steps(suite, tmp_path):
     out = tmp_path / "run"
     overrides = [o for o in small(suite, out, "trainer.max_steps=5", "trainer.log_every=2")
                  if not o.startswith("trainer.progress_bar")]  # the default: progress=auto
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = process_env()
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -255,7 +254,7 @@ def test_batch_log_gets_a_plain_line_every_log_every_steps(suite, tmp_path):
 
 
 def test_cli_reports_bad_input_with_exit_status_2(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = process_env()
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"output_dir={tmp_path / 'run'}",
                            "adapter.rank=16", "adapter.num_factors=8"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=120)

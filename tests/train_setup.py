@@ -53,9 +53,10 @@ def train_process(suite, out, *extra) -> subprocess.CompletedProcess:
     """``python train.py OVERRIDES`` in a child process, which must succeed.
 
     The reference of a test whose other runs are child processes (killed and resumed ones) must be one too:
-    a bit-for-bit comparison holds only between runs with the same torch thread count, and the test process's
-    count is whatever earlier tests left (a benchmark's ``main()`` sets it; 1 and 2 threads give weights that
-    differ by ~1e-6, since the reductions in the matrix products split differently)."""
+    a bit-for-bit comparison holds only between runs with the same torch thread count (1 and 2 threads give
+    weights that differ by ~1e-6, since the matrix products split their sums differently), and a child takes
+    torch's default while the test process may not have it (a benchmark's ``main()`` called in-process sets it;
+    tests/conftest.py restores it after each test, this keeps the comparison independent of that)."""
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *small(suite, out, *extra)], env=process_env(),
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
